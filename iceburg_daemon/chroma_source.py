@@ -1,0 +1,208 @@
+"""ICEBURG's ChromaDB stores -> signal records, read from a private snapshot by a child process.
+
+The daemon never opens ICEBURG's live store: it copies it (SQLite through the backup API, segment files as
+they are), checks the copy, and has `python -m iceburg_daemon.chroma_source SNAPSHOT OUT` read it, because a
+corrupted store can crash the reader (segfault) rather than raise. This is the only module that imports chromadb,
+and only inside the child's main().
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Sequence
+
+from iceburg_daemon.config import ChromaStoreConfig, Config
+from iceburg_daemon.errors import SourceError
+from iceburg_daemon.formats import Reject, canonical_json, chroma_item
+from iceburg_daemon.ingest import to_new_record
+from iceburg_daemon.store import BatchCounts, NewRecord, Rejection, Store
+
+SQLITE_NAME = "chroma.sqlite3"
+PAGE = 500
+
+
+# ---- parent side -------------------------------------------------------------------------------------------------
+def take_snapshot(src: Path, dest: Path) -> Path:
+    """Copy a store into dest (replacing an older copy) without writing to the source."""
+    if not src.is_dir():
+        raise SourceError(f"missing: {src} is not a directory")
+    if not (src / SQLITE_NAME).is_file():
+        raise SourceError(f"not_a_chroma_store: {src} has no {SQLITE_NAME}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False,
+                        ignore=shutil.ignore_patterns(f"{SQLITE_NAME}*"))
+        _copy_sqlite(src / SQLITE_NAME, tmp / SQLITE_NAME)
+        for p in tmp.rglob("*"):
+            os.chmod(p, 0o700 if p.is_dir() else 0o600)  # a copy of private memory stays private
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except (OSError, sqlite3.Error) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SourceError(f"snapshot_failed: {exc}") from exc
+    return dest
+
+
+def _copy_sqlite(src: Path, dest: Path) -> None:
+    """A consistent copy even while ICEBURG writes; a source SQLite cannot open read-only falls back to a file copy."""
+    try:
+        with closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as source, \
+                closing(sqlite3.connect(dest)) as target:
+            source.backup(target)
+    except sqlite3.Error:
+        dest.unlink(missing_ok=True)
+        shutil.copy2(src, dest)
+    try:
+        with closing(sqlite3.connect(dest)) as check:
+            result = check.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise SourceError(f"corrupted: {SQLITE_NAME} cannot be opened: {exc}") from exc
+    if result != "ok":
+        raise SourceError(f"corrupted: {SQLITE_NAME} integrity_check: {result}")
+
+
+def check_segments(snapshot: Path) -> list[str]:
+    """HNSW segment folders whose files cannot be a valid index (e.g. ICEBURG's zero-byte link_lists.bin)."""
+    problems = []
+    for header in sorted(snapshot.glob("*/header.bin")):
+        seg = header.parent
+        sizes = {n: (seg / n).stat().st_size if (seg / n).exists() else -1
+                 for n in ("data_level0.bin", "link_lists.bin", "length.bin")}
+        missing = [n for n, size in sizes.items() if size < 0]
+        if missing:
+            problems.append(f"segment {seg.name}: missing {', '.join(missing)}")
+        elif sizes["data_level0.bin"] > 0 and sizes["link_lists.bin"] == 0:
+            # hnswlib writes a 4-byte link count per element, so elements with no link file are a torn write.
+            problems.append(f"segment {seg.name}: link_lists.bin is empty but data_level0.bin has elements")
+    return problems
+
+
+def read_snapshot(snapshot: Path, *, timeout: float, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the reader child; every way it can fail becomes a SourceError with a reason."""
+    with tempfile.TemporaryDirectory(prefix="iceburgd-chroma-") as tmp:
+        out = Path(tmp) / "items.jsonl"
+        argv = list(command) if command else [sys.executable, "-m", "iceburg_daemon.chroma_source"]
+        try:
+            proc = subprocess.run([*argv, str(snapshot), str(out)], capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise SourceError(f"timeout: the reader did not finish in {timeout:g}s") from None
+        if proc.returncode < 0:
+            raise SourceError(f"crashed: the reader died with signal {-proc.returncode}")
+        if proc.returncode != 0:
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no message"]
+            raise SourceError(f"open_failed: {tail[0][:300]}")
+        try:
+            lines = out.read_text(encoding="utf-8").splitlines()
+            head, items = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+        except (OSError, ValueError, IndexError) as exc:
+            raise SourceError(f"bad_reader_output: {exc}") from exc
+    if head.get("problems"):
+        raise SourceError("inconsistent: " + "; ".join(head["problems"]))
+    return {"collections": head["collections"], "items": items}
+
+
+def item_hash(item: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json([item.get("document"), item.get("metadata")]).encode()).hexdigest()
+
+
+def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: float,
+               command: Sequence[str] | None = None) -> BatchCounts | SourceError:
+    """Snapshot, read and ingest what is new in one store; mark it healthy or unhealthy. Never raises SourceError."""
+    name = f"chroma:{source.name}"
+    row = store.source(name)
+    failures = row["failures"] if row else 0
+    try:
+        snapshot = take_snapshot(source.path, cfg.snapshots_dir / source.name)
+        problems = check_segments(snapshot)
+        if problems:
+            raise SourceError("corrupted: " + "; ".join(problems))
+        data = read_snapshot(snapshot, timeout=cfg.sources.timeout_seconds, command=command)
+    except SourceError as exc:
+        delay = min(cfg.sources.backoff_seconds * 2**failures, cfg.sources.backoff_max_seconds)
+        with store.transaction():
+            store.mark_source_unhealthy(name, str(exc), now=now, next_attempt=now + delay)
+            store.add_event("source_unhealthy", name, now, reason=str(exc), retry_in_s=delay)
+        return exc
+    known = store.known_source_items(name)
+    seen: list[tuple[str, str, str]] = []
+    records: list[NewRecord] = []
+    rejections: list[Rejection] = []
+    for item in data["items"]:
+        key = (item["collection"], item["id"], item_hash(item))
+        if key in known:
+            continue
+        seen.append(key)
+        ref = f"{source.name}/{item['collection']}/{item['id']}"
+        parsed = chroma_item(item["collection"], item["id"], item.get("document"), item.get("metadata"),
+                             item.get("dimension"))
+        if isinstance(parsed, Reject):
+            rejections.append(Rejection(source=name, source_ref=f"{ref}@{key[2][:16]}", reason=parsed.reason,
+                                        detail=parsed.detail, excerpt=""))
+        else:
+            records.append(to_new_record(parsed, source=name, source_ref=ref))
+    watermark = {"collections": data["collections"], "items_seen": len(data["items"])}
+    counts = store.record_source_sync(name, seen, records, rejections, watermark=watermark, now=now,
+                                      next_attempt=now + cfg.sources.sync_seconds)
+    with store.transaction():
+        store.add_event("source_synced", name, now, new_records=counts.total_stored,
+                        duplicates=counts.duplicates, quarantined=sum(counts.quarantined.values()))
+    return counts
+
+
+# ---- child side ----------------------------------------------------------------------------------------------------
+def _child(snapshot: Path, out: Path) -> int:
+    import chromadb  # only here: the daemon process never loads chromadb's native code
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(snapshot), settings=Settings(anonymized_telemetry=False))
+    collections, problems = [], []
+    with open(out, "w", encoding="utf-8") as fh:
+        rows: list[str] = []
+        for col in client.list_collections():
+            dims: set[int] = set()
+            count = col.count()
+            for start in range(0, count, PAGE):
+                got = col.get(include=["documents", "metadatas", "embeddings"], limit=PAGE, offset=start)
+                embeddings = got.get("embeddings")
+                for i, item_id in enumerate(got["ids"]):
+                    dim = len(embeddings[i]) if embeddings is not None and embeddings[i] is not None else None
+                    if dim:
+                        dims.add(dim)
+                    rows.append(json.dumps({"collection": col.name, "id": item_id,
+                                            "document": got["documents"][i], "metadata": got["metadatas"][i],
+                                            "dimension": dim}, ensure_ascii=False))
+            if len(dims) > 1:
+                problems.append(f"collection {col.name} mixes vector dimensions {sorted(dims)}")
+            collections.append({"name": col.name, "count": count, "dimension": min(dims) if dims else None})
+        fh.write(json.dumps({"collections": collections, "problems": problems}) + "\n")
+        for row in rows:
+            fh.write(row + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m iceburg_daemon.chroma_source SNAPSHOT_DIR OUT_FILE", file=sys.stderr)
+        return 2
+    try:
+        return _child(Path(args[0]), Path(args[1]))
+    except Exception as exc:  # noqa: BLE001 - the parent maps any failure to an unhealthy source
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

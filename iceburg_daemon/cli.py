@@ -1,0 +1,171 @@
+"""`iceburgd`: argument parsing and printing only; the work lives in the stage modules.
+
+Exit codes: 0 ok; 1 daemon not running or stale (status) or a runtime failure; 2 invalid config or usage, or
+store not initialised (status); 3 another iceburgd holds the data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from iceburg_daemon import __version__
+from iceburg_daemon.config import Config, load_config, to_dict
+from iceburg_daemon.errors import AlreadyRunningError, ConfigError, IceburgDaemonError
+from iceburg_daemon.logs import configure as configure_logs
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iceburgd", description="Continuous-training daemon for ICEBURG.")
+    p.add_argument("--config", type=Path, help="config.toml (default: $ICEBURGD_CONFIG, else ./config.toml)")
+    p.add_argument("--version", action="version", version=f"iceburgd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--once", action="store_true", help="one pass over inbox and sources, then exit")
+    status = sub.add_parser("status", help="is the daemon running, what does the store hold")
+    status.add_argument("--json", action="store_true")
+    ingest = sub.add_parser("ingest", help="ingest files in place (not moved), with the inbox's rules")
+    ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
+    ingest.add_argument("--json", action="store_true")
+    config = sub.add_parser("config", help="show or check the resolved configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the resolved configuration")
+    show.add_argument("--json", action="store_true")
+    check = config_sub.add_parser("check", help="validate; exit 0 if valid, 2 if not")
+    check.add_argument("--json", action="store_true")
+    return p
+
+
+def _config_path(arg: Path | None) -> Path | None:
+    if arg is not None:
+        return arg
+    if os.environ.get("ICEBURGD_CONFIG"):
+        return Path(os.environ["ICEBURGD_CONFIG"])
+    return Path("config.toml") if Path("config.toml").is_file() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"valid": False, "problems": exc.problems}, indent=2))
+        else:
+            print(f"iceburgd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return _run(cfg, once=args.once)
+        if args.command == "status":
+            return _status(cfg, as_json=args.json)
+        if args.command == "ingest":
+            return _ingest(cfg, args.paths, as_json=args.json)
+        return _config(cfg, args.config_command, as_json=args.json)
+    except AlreadyRunningError as exc:
+        print(f"iceburgd: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except IceburgDaemonError as exc:
+        print(f"iceburgd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _run(cfg: Config, *, once: bool) -> int:
+    from iceburg_daemon.daemon import Daemon
+
+    configure_logs(level=cfg.logs.level, log_dir=cfg.logs_dir, max_bytes=cfg.logs.max_bytes,
+                   backups=cfg.logs.backups)
+    return Daemon(cfg).run(once=once)
+
+
+def _status(cfg: Config, *, as_json: bool) -> int:
+    from iceburg_daemon.status import collect, exit_code, render
+
+    now = time.time()
+    snapshot = collect(cfg, now=now)
+    if as_json:
+        print(json.dumps(snapshot, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        Console().print(render(snapshot, now))
+    return exit_code(snapshot)
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith((".jsonl", ".json", ".gz"))))
+        else:
+            out.append(p)
+    return out
+
+
+def _ingest(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
+    from iceburg_daemon.daemon import DataDirLock
+    from iceburg_daemon.ingest import ingest_paths
+    from iceburg_daemon.store import Store
+
+    configure_logs(level="warning", log_dir=cfg.logs_dir, console=not as_json)
+    lock = DataDirLock(cfg.lock_path).acquire()  # the daemon and this command never write at the same time
+    store = Store.open(cfg.db_path)
+    try:
+        reports = ingest_paths(cfg, store, _expand(paths), progress=sys.stderr.isatty() and not as_json)
+    finally:
+        store.close()
+        lock.release()
+    if as_json:
+        print(json.dumps({"files": reports}, indent=2))
+        return EXIT_OK
+    totals: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for r in reports:
+        for key, n in r["stored"].items():
+            totals[key] += n
+        reasons.update(r["quarantined"])
+        note = f" [{r['outcome']}: {r.get('reason')}]" if r["outcome"] != "ingested" else ""
+        print(f"{r['path']}: stored {sum(r['stored'].values())}, duplicates {r['duplicates']},"
+              f" quarantined {sum(r['quarantined'].values())}{note}")
+    print("stored by role/kind: " + (", ".join(f"{k} {n}" for k, n in sorted(totals.items())) or "none"))
+    print("quarantined by reason: " + (", ".join(f"{k} {n}" for k, n in sorted(reasons.items())) or "none"))
+    return EXIT_OK
+
+
+def _config(cfg: Config, command: str, *, as_json: bool) -> int:
+    data = to_dict(cfg)
+    if command == "check":
+        if as_json:
+            print(json.dumps({"valid": True, "config_path": data["config_path"]}))
+        else:
+            print(f"config ok: {data['config_path'] or '(defaults)'}")
+        return EXIT_OK
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(_as_toml(data))
+    return EXIT_OK
+
+
+def _as_toml(data: dict[str, Any]) -> str:
+    """The resolved config printed as TOML (plain values, tables and arrays of tables)."""
+    lines = [f"# resolved from {data.get('config_path') or 'defaults'}"]
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            continue
+        lines.append(f"\n[{section}]")
+        tables = {k: v for k, v in values.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in tables)
+        for key, items in tables.items():  # arrays of tables last, or later keys would land inside them
+            for item in items:
+                lines.append(f"\n[[{section}.{key}]]")
+                lines.extend(f"{k} = {json.dumps(v)}" for k, v in item.items())
+    return "\n".join(lines)

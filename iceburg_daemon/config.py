@@ -1,0 +1,332 @@
+"""config.toml (+ ICEBURGD_<SECTION>_<KEY> env overrides) -> one frozen, typed, validated Config tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from iceburg_daemon import ROLES
+from iceburg_daemon.errors import ConfigError
+
+ENV_PREFIX = "ICEBURGD_"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: Path = Path("data")  # store, inbox, archive, quarantine, logs, snapshots
+    models_dir: Path = Path("models")  # base models, adapters, merged models
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    settle_seconds: float = 2.0  # a file is claimed once its mtime is at least this old
+    rescan_seconds: float = 5.0  # full rescan period; watchdog events only wake the loop early
+    watch: bool = True  # use watchdog for wake-ups (the rescan still runs)
+    after_ingest: Literal["archive", "delete"] = "archive"
+    max_record_bytes: int = 1_048_576  # a longer line is quarantined as too_large
+    batch_size: int = 500  # lines per transaction (and per resume checkpoint)
+
+
+@dataclass(frozen=True)
+class ChromaStoreConfig:
+    name: str
+    path: Path
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    chroma: tuple[ChromaStoreConfig, ...] = ()
+    sync_seconds: float = 300.0  # how often a healthy store is re-synced
+    timeout_seconds: float = 120.0  # the reader child is killed after this long
+    backoff_seconds: float = 30.0  # first retry delay for an unhealthy store, doubled per failure
+    backoff_max_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    heartbeat_seconds: float = 5.0  # loop period when nothing wakes it
+    stale_after_seconds: float = 60.0  # status calls a heartbeat older than this stale
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    max_bytes: int = 10_485_760
+    backups: int = 5
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9477
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    enabled: bool = True
+    publish_name: str = ""  # Ollama model name the ICEBURG agent uses; default iceburg-<role>:latest
+
+
+@dataclass(frozen=True)
+class Config:
+    config_path: Path | None = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    inbox: InboxConfig = field(default_factory=InboxConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    surveyor: RoleConfig = field(default_factory=RoleConfig)
+    dissident: RoleConfig = field(default_factory=RoleConfig)
+    synthesist: RoleConfig = field(default_factory=RoleConfig)
+    oracle: RoleConfig = field(default_factory=RoleConfig)
+    general: RoleConfig = field(default_factory=lambda: RoleConfig(enabled=False))
+
+    def role(self, name: str) -> RoleConfig:
+        return typing.cast(RoleConfig, getattr(self, name))
+
+    # Derived locations: one place names every folder under data_dir.
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data_dir
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "iceburgd.sqlite3"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "iceburgd.lock"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.data_dir / "inbox"
+
+    @property
+    def processing_dir(self) -> Path:
+        return self.inbox_dir / ".processing"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "config_path"]
+_PATH_SECTIONS = {"paths"}
+
+
+def load_config(path: Path | None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read, override from env, validate. Raises ConfigError listing every problem at once."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path).expanduser().resolve()
+        base_dir = path.parent
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: file not found"]) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError([f"{path}: cannot parse: {exc}"]) from None
+    _apply_env(raw, env, problems)
+    sections: dict[str, Any] = {}
+    for name in raw:
+        if name not in SECTIONS:
+            problems.append(f"unknown section [{name}] (known: {', '.join(SECTIONS)})")
+    for f in dataclasses.fields(Config):
+        if f.name == "config_path" or f.name not in raw:
+            continue
+        hint = typing.get_type_hints(Config)[f.name]
+        sections[f.name] = _build(hint, raw[f.name], f.name, problems, base_dir)
+    cfg = Config(config_path=path, **{k: v for k, v in sections.items() if v is not None})
+    cfg = _resolve_paths(cfg, base_dir)
+    _validate(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str], problems: list[str]) -> None:
+    """ICEBURGD_METRICS_PORT=9000 sets [metrics] port; values parse as TOML, else as plain strings."""
+    for var, text in env.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sorted(SECTIONS, key=len, reverse=True) if rest.startswith(s + "_")), None)
+        if section is None:
+            problems.append(f"{var}: no such section (known: {', '.join(SECTIONS)})")
+            continue
+        key = rest[len(section) + 1 :]
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        target = raw.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = value
+
+
+def _build(hint: Any, value: Any, where: str, problems: list[str], base_dir: Path) -> Any:
+    """Coerce a TOML value to `hint`, appending a readable problem (and returning None) when it does not fit."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a table, got {type(value).__name__}")
+            return None
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in names:
+                problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(names))})")
+                continue
+            built = _build(hints[key], item, f"{where}.{key}", problems, base_dir)
+            if built is not None:
+                kwargs[key] = built
+        missing = [
+            f.name
+            for f in dataclasses.fields(hint)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs
+        ]
+        if missing:
+            if not any(p.startswith(where) for p in problems):
+                problems.append(f"{where}: missing required key(s): {', '.join(missing)}")
+            return None
+        return hint(**kwargs)
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {type(value).__name__}")
+            return None
+        item_hint = typing.get_args(hint)[0]
+        items = [_build(item_hint, v, f"{where}[{i}]", problems, base_dir) for i, v in enumerate(value)]
+        return tuple(i for i in items if i is not None)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+            return None
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return _build(next(a for a in typing.get_args(hint) if a is not type(None)), value, where, problems, base_dir)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{where}: expected a path string, got {value!r}")
+            return None
+        return Path(value).expanduser()
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false, got {value!r}")
+            return None
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where}: expected an integer, got {value!r}")
+            return None
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{where}: expected a number, got {value!r}")
+            return None
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string, got {value!r}")
+            return None
+        return value
+    raise TypeError(f"config loader has no rule for {hint!r}")  # a programming error, not a user one
+
+
+def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
+    """Relative paths are relative to the config file's folder (or the cwd without a file)."""
+
+    def absolute(p: Path) -> Path:
+        return p if p.is_absolute() else (base_dir / p).resolve()
+
+    paths = PathsConfig(absolute(cfg.paths.data_dir), absolute(cfg.paths.models_dir))
+    chroma = tuple(dataclasses.replace(s, path=absolute(s.path)) for s in cfg.sources.chroma)
+    return dataclasses.replace(cfg, paths=paths, sources=dataclasses.replace(cfg.sources, chroma=chroma))
+
+
+def _validate(cfg: Config, problems: list[str]) -> None:
+    """Value checks that types alone cannot express."""
+    for section in ("inbox", "sources", "daemon"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            if isinstance(value, float) and value < 0:
+                problems.append(f"{section}.{f.name}: must be >= 0, got {value}")
+    if cfg.inbox.max_record_bytes < 64:
+        problems.append(f"inbox.max_record_bytes: must be >= 64, got {cfg.inbox.max_record_bytes}")
+    if cfg.inbox.batch_size < 1:
+        problems.append(f"inbox.batch_size: must be >= 1, got {cfg.inbox.batch_size}")
+    if cfg.daemon.heartbeat_seconds <= 0:
+        problems.append("daemon.heartbeat_seconds: must be > 0")
+    if not 0 <= cfg.metrics.port <= 65535:
+        problems.append(f"metrics.port: must be 0-65535, got {cfg.metrics.port}")
+    if cfg.logs.backups < 0 or cfg.logs.max_bytes < 1024:
+        problems.append("logs: backups must be >= 0 and max_bytes >= 1024")
+    names = [s.name for s in cfg.sources.chroma]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"sources.chroma: name {dup!r} is used more than once")
+    for s in cfg.sources.chroma:
+        if not s.name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"sources.chroma: name {s.name!r} must be letters, digits, '-' or '_'")
+        if s.path.exists() and not s.path.is_dir():
+            problems.append(f"sources.chroma.{s.name}.path: {s.path} is not a directory")
+    for p in (cfg.paths.data_dir, cfg.paths.models_dir):
+        if p.exists() and not p.is_dir():
+            problems.append(f"paths: {p} exists and is not a directory")
+        elif not p.exists() and not _creatable(p):
+            problems.append(f"paths: {p} cannot be created (no writable parent)")
+
+
+def _creatable(p: Path) -> bool:
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
+
+
+def publish_name(cfg: Config, role: str) -> str:
+    return cfg.role(role).publish_name or f"iceburg-{role}:latest"
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (saved into run folders, printed by `config show`)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(i) for i in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    data = plain(cfg)
+    for role in ROLES:
+        data[role]["publish_name"] = publish_name(cfg, role)
+    return typing.cast(dict[str, Any], json.loads(json.dumps(data)))

@@ -1,0 +1,222 @@
+"""The Daemon: wires config, store, inbox, sources, metrics and logs into one loop; signals; ordered shutdown.
+
+tick() reads top to bottom in data-flow order: scan inbox -> claim -> ingest -> sync sources -> heartbeat.
+Later stages (filter, trigger, train, evaluate, promote, publish) slot in after the sources.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Sequence
+
+from iceburg_daemon import __version__
+from iceburg_daemon.chroma_source import sync_store
+from iceburg_daemon.config import Config
+from iceburg_daemon.errors import AlreadyRunningError, SourceError
+from iceburg_daemon.inbox import InboxWatcher, claim, pending, process_claimed, scan
+from iceburg_daemon.logs import get_logger
+from iceburg_daemon.metrics import Metrics
+from iceburg_daemon.store import SourceHealth, Store
+
+log = get_logger("iceburgd.daemon")
+
+
+class DataDirLock:
+    """An flock on data/iceburgd.lock: one writer per data directory. The kernel drops it if we die."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> "DataDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another iceburgd (pid {holder}) is using {self.path.parent}; stop it first"
+                " (`launchctl stop` / `kill -TERM`), or use another data_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+                 source_command: Sequence[str] | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.source_command = source_command  # tests swap the chroma reader child
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.started_at = clock()
+        self.lock = DataDirLock(cfg.lock_path)
+        self.store: Store | None = None
+        self._skipped_reported: set[tuple[str, str]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.lock.acquire()
+        for folder in (self.cfg.inbox_dir, self.cfg.processing_dir, self.cfg.archive_dir, self.cfg.quarantine_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(self.cfg.db_path)
+        with self.store.transaction():
+            for source in self.cfg.sources.chroma:
+                if source.enabled:
+                    self.store.ensure_source(f"chroma:{source.name}", "chroma", str(source.path))
+            self.store.add_event("daemon_started", "daemon", self.clock(), pid=os.getpid(), version=__version__)
+        log.info("daemon_started", pid=os.getpid(), data_dir=str(self.cfg.data_dir), version=__version__)
+
+    def close(self) -> None:
+        if self.store is not None:
+            now = self.clock()
+            with self.store.transaction():
+                self.store.beat(pid=os.getpid(), started_at=self.started_at, now=now, state="stopped",
+                                version=__version__)
+                self.store.add_event("daemon_stopped", "daemon", now)
+            self.store.close()
+            self.store = None
+        self.lock.release()
+        log.info("daemon_stopped")
+
+    def run(self, *, once: bool = False, serve_metrics: bool = True) -> int:
+        """Foreground loop (launchd forbids self-daemonizing). Returns the process exit code."""
+        self.open()
+        watcher = InboxWatcher(self.cfg.inbox_dir, self.wake)
+        server = None
+        try:
+            if not once:
+                self._install_signals()
+                if serve_metrics and self.cfg.metrics.enabled:
+                    server = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+                    log.info("metrics_serving", host=self.cfg.metrics.host, port=server.server_port)
+                if self.cfg.inbox.watch and not watcher.start():
+                    log.warning("inbox_watch_unavailable", fallback="rescan")
+            period = min(self.cfg.daemon.heartbeat_seconds, self.cfg.inbox.rescan_seconds or 1e9)
+            while True:
+                self.tick()
+                if once or self.stopping.is_set():
+                    break
+                self.wake.wait(timeout=period)
+                self.wake.clear()
+                if self.stopping.is_set():
+                    break
+        finally:
+            watcher.stop()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            self.close()
+        return 0
+
+    def _install_signals(self) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            if self.stopping.is_set():
+                os._exit(128 + signum)  # second signal: leave now; the store resumes from the last commit
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            self.stopping.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # ---- one pass --------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        started = time.perf_counter()
+        self.ingest_inbox()
+        if not self.stopping.is_set():
+            self.sync_sources()
+        self.heartbeat()
+        self.metrics.tick_seconds.observe(time.perf_counter() - started)
+
+    def ingest_inbox(self) -> None:
+        assert self.store is not None
+        found = scan(self.cfg.inbox_dir, now=self.clock(), settle_seconds=self.cfg.inbox.settle_seconds)
+        for path, reason in found.skipped:
+            if (str(path), reason) not in self._skipped_reported:  # report once, not on every rescan
+                self._skipped_reported.add((str(path), reason))
+                log.warning("inbox_entry_skipped", path=path.name, reason=reason)
+                with self.store.transaction():
+                    self.store.add_event("inbox_entry_skipped", path.name, self.clock(), reason=reason)
+        for path in found.ready:
+            if self.stopping.is_set():
+                break
+            claim(path, self.cfg.processing_dir, self.clock())
+        claimed = pending(self.cfg.processing_dir)
+        self.metrics.inbox_backlog.set(len(claimed) + found.waiting)
+        for path in claimed:
+            if self.stopping.is_set():
+                break
+            try:
+                self._ingest_one(path)
+            except Exception:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
+                log.exception("stage_failed", stage="ingest", file=path.name)
+
+    def _ingest_one(self, path: Path) -> None:
+        assert self.store is not None
+        result = process_claimed(self.cfg, self.store, path, clock=self.clock, should_stop=self.stopping.is_set)
+        if result is None:
+            return
+        self.metrics.count(result.counts, "inbox")
+        summary: dict[str, Any] = {"file": result.name, "stored": result.counts.total_stored,
+                                   "duplicates": result.counts.duplicates,
+                                   "quarantined": sum(result.counts.quarantined.values())}
+        if result.failure is not None:
+            self.metrics.files.labels(outcome="quarantined").inc()
+            log.warning("file_quarantined", reason=result.failure.reason, detail=result.failure.detail, **summary)
+        elif result.complete:
+            self.metrics.files.labels(outcome="ingested").inc()
+            log.info("file_ingested", **summary)
+        else:
+            log.info("file_checkpointed", **summary)  # stopped mid-file; the next start resumes it
+
+    def sync_sources(self) -> None:
+        assert self.store is not None
+        for source in self.cfg.sources.chroma:
+            if not source.enabled or self.stopping.is_set():
+                continue
+            name = f"chroma:{source.name}"
+            row = self.store.source(name)
+            now = self.clock()
+            if row is not None and row["next_attempt"] is not None and now < row["next_attempt"]:
+                continue
+            try:
+                outcome = sync_store(self.cfg, self.store, source, now=now, command=self.source_command)
+            except Exception:  # noqa: BLE001 - one store's bug must not stop the loop
+                log.exception("stage_failed", stage="sources", source=source.name)
+                continue
+            if isinstance(outcome, SourceError):
+                self.metrics.source_healthy.labels(source=source.name).set(0)
+                log.warning("source_unhealthy", source=source.name, reason=str(outcome))
+            else:
+                self.metrics.count(outcome, name)
+                self.metrics.source_healthy.labels(source=source.name).set(1)
+                self.metrics.source_last_sync.labels(source=source.name).set(now)
+                log.info("source_synced", source=source.name, new_records=outcome.total_stored,
+                         duplicates=outcome.duplicates)
+
+    def heartbeat(self) -> None:
+        assert self.store is not None
+        now = self.clock()
+        self.store.beat(pid=os.getpid(), started_at=self.started_at, now=now, state="running", version=__version__)
+        self.metrics.heartbeat.set(now)
+        for row in self.store.sources():
+            self.metrics.source_healthy.labels(source=row["name"].split(":", 1)[1]).set(
+                1 if row["health"] == SourceHealth.HEALTHY.value else 0)

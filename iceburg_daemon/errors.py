@@ -1,0 +1,34 @@
+"""The one exception tree: a root, then one subclass per stage boundary."""
+
+
+class IceburgDaemonError(Exception):
+    """Root of every error the daemon raises on purpose."""
+
+
+class ConfigError(IceburgDaemonError):
+    """The configuration is invalid; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class StoreError(IceburgDaemonError):
+    """The SQLite store cannot be opened, migrated or written."""
+
+
+class AlreadyRunningError(IceburgDaemonError):
+    """Another daemon holds the data directory's lock."""
+
+
+class IngestError(IceburgDaemonError):
+    """A file (or the rest of it) cannot be read; the file is quarantined whole with `reason`."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class SourceError(IceburgDaemonError):
+    """An ICEBURG ChromaDB store could not be snapshotted or read."""

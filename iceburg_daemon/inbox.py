@@ -1,0 +1,194 @@
+"""The inbox folder: scan for settled files, claim them by atomic rename, ingest, then archive or quarantine.
+
+Writers drop a file complete (write `name.jsonl.tmp`, then rename to `name.jsonl`). File events only wake the
+loop; the rescan decides. Everything in the inbox is untrusted: links are never followed, and anything that is
+not a regular file is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from iceburg_daemon.config import Config
+from iceburg_daemon.errors import IngestError
+from iceburg_daemon.ingest import FileResult, ingest_file, quarantine_whole_file, register_file, write_rejects_file
+from iceburg_daemon.readers import file_kind
+from iceburg_daemon.store import FileState, Store
+
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+
+
+@dataclass
+class ScanResult:
+    ready: list[Path] = field(default_factory=list)  # settled regular files, oldest first
+    waiting: int = 0  # files still being written (mtime too recent)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason) never claimed
+
+
+def scan(inbox: Path, *, now: float, settle_seconds: float) -> ScanResult:
+    """What in the inbox can be claimed now. A file is settled once its mtime is settle_seconds old."""
+    result = ScanResult()
+    try:
+        entries = list(os.scandir(inbox))
+    except FileNotFoundError:
+        return result
+    found: list[tuple[float, Path]] = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
+            continue  # hidden files, .processing/ and files still being written by convention
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        reason = _not_a_file(st.st_mode)
+        if reason:
+            result.skipped.append((Path(entry.path), reason))
+        elif now - st.st_mtime < settle_seconds:
+            result.waiting += 1
+        else:
+            found.append((st.st_mtime, Path(entry.path)))
+    result.ready = [p for _, p in sorted(found)]
+    return result
+
+
+def _not_a_file(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not_a_regular_file"
+
+
+def claim(path: Path, processing: Path, now: float) -> Path | None:
+    """Move a settled file into .processing/ under a unique, time-ordered name; None if it vanished meanwhile."""
+    processing.mkdir(parents=True, exist_ok=True)
+    stamp = int(now * 1_000_000)
+    while any(processing.glob(f"{stamp:020d}_*")):
+        stamp += 1
+    target = processing / f"{stamp:020d}_{path.name}"
+    try:
+        os.rename(path, target)  # atomic within one filesystem; the writer's name is now free again
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def pending(processing: Path) -> list[Path]:
+    """Claimed files, oldest claim first (names start with the claim time). Includes a crashed run's files."""
+    try:
+        return sorted(p for p in processing.iterdir() if p.is_file() and not p.is_symlink())
+    except FileNotFoundError:
+        return []
+
+
+def original_name(processing_path: Path) -> str:
+    return processing_path.name.split("_", 1)[1] if "_" in processing_path.name else processing_path.name
+
+
+def _archive_target(cfg: Config, path: Path, now: float) -> Path | None:
+    if cfg.inbox.after_ingest == "delete":
+        return None
+    day = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%d")
+    return cfg.archive_dir / day / path.name
+
+
+def _move(path: Path, target: Path | None) -> None:
+    """Archive (or delete when target is None); a missing source means a previous run already did it."""
+    try:
+        if target is None:
+            path.unlink()
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    except FileNotFoundError:
+        pass
+
+
+def process_claimed(
+    cfg: Config,
+    store: Store,
+    path: Path,
+    *,
+    clock: Callable[[], float],
+    should_stop: Callable[[], bool],
+    progress: Callable[[int], None] | None = None,
+) -> FileResult | None:
+    """Ingest one claimed file to the end (or until asked to stop) and move it on. Safe to call again."""
+    unsupported = file_kind(path) is None
+    row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
+    if row["state"] == FileState.DONE.value or row["state"] == FileState.QUARANTINED.value:
+        _move(path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
+        return None
+    if unsupported:
+        result = FileResult(name=row["name"], file_id=row["id"])
+        result.failure = IngestError("unsupported_type", f"{row['name']}: the inbox takes *.jsonl, *.jsonl.gz, *.json")
+    else:
+        result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
+                             max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
+                             progress=progress)
+    if result.failure is not None:
+        target = cfg.quarantine_dir / path.name
+        quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=clock())
+        write_rejects_file(store, row, cfg.quarantine_dir)
+        _move(path, target)
+    elif result.complete:
+        write_rejects_file(store, row, cfg.quarantine_dir)
+        target = _archive_target(cfg, path, clock())
+        final = store.file_counts(row["id"])
+        with store.transaction():
+            store.finish_file(row["id"], FileState.DONE, final_path=str(target) if target else None, reason=None,
+                              now=clock())
+            store.add_event("file_ingested", row["name"], clock(), stored=final["stored"],
+                            duplicates=final["duplicates"], quarantined=final["quarantined"])
+        _move(path, target)
+    return result
+
+
+class InboxWatcher:
+    """watchdog observer that only sets `wake`; losing events is harmless because the rescan is the truth."""
+
+    def __init__(self, inbox: Path, wake: threading.Event):
+        self.inbox = inbox
+        self.wake = wake
+        self._observer: Any = None
+
+    def start(self) -> bool:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - watchdog is a declared dependency
+            return False
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):  # type: ignore[misc]
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(self.inbox), recursive=False)
+        self._observer.daemon = True
+        try:
+            self._observer.start()
+        except OSError:  # e.g. inotify watch limit reached: the timed rescan still works
+            self._observer = None
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None

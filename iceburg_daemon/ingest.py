@@ -1,0 +1,217 @@
+"""A registered file -> records and quarantine rows in the store, batch by batch, resumable, exactly once.
+
+Each batch of lines and the file's resume point commit in one transaction, and records are keyed by content
+hash, so a process killed at any instant resumes without losing or repeating a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from iceburg_daemon.errors import IngestError
+from iceburg_daemon.formats import Reject, canonical_json, content_hash, parse_object
+from iceburg_daemon.readers import iter_items
+from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
+
+EXCERPT_CHARS = 200
+
+
+@dataclass
+class FileResult:
+    name: str
+    file_id: int
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    complete: bool = False  # every line stored or quarantined
+    failure: IngestError | None = None  # the rest of the file could not be read
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def register_file(store: Store, path: Path, *, name: str, origin: str, now: float) -> sqlite3.Row:
+    """The files row for this path and content, created on first sight (idempotent)."""
+    sha, size = sha256_of(path)
+    row = store.file_by_path(path, sha)
+    if row is None:
+        store.add_file(name=name, path=path, origin=origin, size=size, sha256=sha, now=now)
+        row = store.file_by_path(path, sha)
+    assert row is not None
+    return row
+
+
+def rejects_prefix(row: sqlite3.Row) -> str:
+    """Quarantine source_ref prefix for a file: unique per (name, content), so a re-drop adds no rows."""
+    return f"{row['name']}@{row['sha256'][:16]}:"
+
+
+def to_new_record(record: dict[str, Any], *, source: str, source_ref: str) -> NewRecord:
+    record["source"] = source
+    record["source_ref"] = source_ref
+    return NewRecord(
+        content_hash=content_hash(record),
+        role=record["role"],
+        kind=record["kind"],
+        canonical=canonical_json(record),
+        source=source,
+        source_ref=source_ref,
+        record_ts=record.get("record_ts"),
+    )
+
+
+def ingest_file(
+    store: Store,
+    row: sqlite3.Row,
+    *,
+    source: str,
+    batch_size: int,
+    max_record_bytes: int,
+    clock: Callable[[], float],
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int], None] | None = None,
+) -> FileResult:
+    """Ingest from the row's resume point. Stops early (complete=False) when should_stop() turns true."""
+    result = FileResult(name=row["name"], file_id=row["id"])
+    path, prefix = Path(row["path"]), rejects_prefix(row)
+    records: list[NewRecord] = []
+    rejections: list[Rejection] = []
+    offset, line_no = row["byte_offset"], row["line_no"]
+
+    def flush() -> None:
+        result.counts.add(store.commit_batch(row["id"], records, rejections, byte_offset=offset,
+                                             line_no=line_no, now=clock()))
+        records.clear()
+        rejections.clear()
+
+    try:
+        items = iter_items(path, start_offset=offset, start_line=line_no, max_bytes=max_record_bytes,
+                           progress=progress)
+        for line_no, offset, value in items:
+            parsed = value if isinstance(value, Reject) else parse_object(value)
+            if isinstance(parsed, Reject):
+                rejections.append(Rejection(source=source, source_ref=f"{prefix}{line_no}", reason=parsed.reason,
+                                            detail=parsed.detail, excerpt=_excerpt(value), line_no=line_no))
+            else:
+                records.append(to_new_record(parsed, source=source, source_ref=f"{row['name']}:{line_no}"))
+            if len(records) + len(rejections) >= batch_size:
+                flush()
+                if should_stop():
+                    return result
+    except IngestError as exc:
+        flush()  # everything read before the failure is kept
+        result.failure = exc
+        return result
+    flush()
+    result.complete = True
+    return result
+
+
+def _excerpt(value: Any) -> str:
+    if isinstance(value, Reject):
+        return ""  # the raw line is not kept for encoding/size/JSON errors: it may be binary or huge
+    text = canonical_json(value)
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
+def write_rejects_file(store: Store, row: sqlite3.Row, folder: Path) -> Path | None:
+    """data/quarantine/<file>.rejects.jsonl, regenerated from the store (so a crash never duplicates a line)."""
+    rows = store.rejections_for(rejects_prefix(row))
+    if not rows:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{Path(row['path']).name}.rejects.jsonl"
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for q in rows:
+            fh.write(canonical_json({"file": row["name"], "line": q["line_no"], "reason": q["reason"],
+                                     "detail": q["detail"], "excerpt": q["excerpt"]}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def quarantine_whole_file(store: Store, result: FileResult, row: sqlite3.Row, failure: IngestError, *,
+                          source: str, final_path: str | None, now: float) -> None:
+    """Record why the file as a whole could not be read, and mark it quarantined."""
+    with store.transaction():
+        result.counts.quarantined += store.insert_rejections([Rejection(source=source, source_ref=f"{rejects_prefix(row)}file",
+                                           reason=failure.reason, detail=failure.detail, excerpt="")], now)
+        store.finish_file(row["id"], FileState.QUARANTINED, final_path=final_path, reason=failure.reason, now=now)
+        store.add_event("file_quarantined", row["name"], now, reason=failure.reason, detail=failure.detail)
+
+
+def ingest_paths(cfg: Any, store: Store, paths: list[Path], *, progress: bool = False,
+                 clock: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+    """`iceburgd ingest`: files ingested in place (never moved), same parsing, exactly-once and quarantine rules."""
+    import time
+
+    from iceburg_daemon.readers import file_kind
+
+    clock = clock or time.time
+    reports = []
+    for path in paths:
+        path = path.resolve()
+        report: dict[str, Any] = {"path": str(path), "stored": {}, "duplicates": 0, "quarantined": {}}
+        if not path.is_file() or path.is_symlink():
+            report.update(outcome="skipped", reason="not_a_regular_file")
+            reports.append(report)
+            continue
+        row = register_file(store, path, name=path.name, origin="cli", now=clock())
+        if row["state"] != FileState.INGESTING.value:
+            report.update(outcome="already_ingested", reason=row["reason"])
+            reports.append(report)
+            continue
+        with _progress_bar(path, enabled=progress) as advance:
+            if file_kind(path) is None:
+                result = FileResult(name=row["name"], file_id=row["id"])
+                result.failure = IngestError("unsupported_type", f"{path.name}: not *.jsonl, *.jsonl.gz or *.json")
+            else:
+                result = ingest_file(store, row, source="cli", batch_size=cfg.inbox.batch_size,
+                                     max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, progress=advance)
+        if result.failure is not None:
+            quarantine_whole_file(store, result, row, result.failure, source="cli", final_path=None, now=clock())
+            report.update(outcome="quarantined", reason=result.failure.reason)
+        else:
+            with store.transaction():
+                store.finish_file(row["id"], FileState.DONE, final_path=None, reason=None, now=clock())
+            report["outcome"] = "ingested"
+        write_rejects_file(store, row, cfg.quarantine_dir)
+        report["stored"] = {f"{role}/{kind}": n for (role, kind), n in sorted(result.counts.stored.items())}
+        report["duplicates"] = result.counts.duplicates
+        report["quarantined"] = dict(result.counts.quarantined)
+        reports.append(report)
+    return reports
+
+
+class _progress_bar:
+    """A rich progress bar over the file's bytes on a terminal; a no-op otherwise."""
+
+    def __init__(self, path: Path, *, enabled: bool):
+        self.path, self.enabled, self.bar = path, enabled, None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                            TimeRemainingColumn(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.path.name, total=self.path.stat().st_size)
+        bar = self.bar
+        return lambda done: bar.update(task, completed=done)
+
+    def __exit__(self, *_: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,63 @@
+"""structlog setup: JSON lines to data/logs/iceburgd.log (rotated), readable lines on a terminal.
+
+Events carry stable keys (event, file, source, reason, counts); record contents are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+LOG_FILE = "iceburgd.log"
+
+
+def configure(*, level: str = "info", log_dir: Path | None = None, max_bytes: int = 10_485_760, backups: int = 5,
+              console: bool = True) -> None:
+    """Idempotent: replaces the handlers installed by an earlier call."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_iceburgd", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level.upper())
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.RotatingFileHandler(log_dir / LOG_FILE, maxBytes=max_bytes,
+                                                            backupCount=backups, encoding="utf-8")
+        file_handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
+            foreign_pre_chain=shared))
+        _add(root, file_handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())],
+            foreign_pre_chain=shared))
+        _add(root, stream)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def _add(root: logging.Logger, handler: logging.Handler) -> None:
+    handler._iceburgd = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+
+
+def get_logger(name: str = "iceburgd") -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,49 @@
+"""Every Prometheus metric of the daemon, on an injected registry (tests get their own), and the HTTP endpoint.
+
+Names follow the Prometheus conventions: iceburg_<noun>_<unit>, counters end in _total, closed label sets
+(role, kind, reason codes, configured source names); never record content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from iceburg_daemon.store import BatchCounts
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_ingested = Counter("iceburg_records_ingested", "New records stored, by role and kind.",
+                                        ["role", "kind"], registry=r)
+        self.records_duplicate = Counter("iceburg_records_duplicate", "Records already in the store (ignored).",
+                                         ["source"], registry=r)
+        self.records_quarantined = Counter("iceburg_records_quarantined", "Lines or items quarantined, by reason.",
+                                           ["reason"], registry=r)
+        self.files = Counter("iceburg_inbox_files", "Inbox files finished, by outcome.", ["outcome"], registry=r)
+        self.inbox_backlog = Gauge("iceburg_inbox_backlog_files", "Files waiting in the inbox or being ingested.",
+                                   registry=r)
+        self.source_healthy = Gauge("iceburg_source_healthy", "1 if the source store was read on its last try.",
+                                    ["source"], registry=r)
+        self.source_last_sync = Gauge("iceburg_source_last_sync_timestamp_seconds",
+                                      "Unix time of the last successful sync.", ["source"], registry=r)
+        self.heartbeat = Gauge("iceburg_daemon_heartbeat_timestamp_seconds", "Unix time of the last loop pass.",
+                               registry=r)
+        self.tick_seconds = Histogram("iceburg_daemon_tick_duration_seconds", "Duration of one loop pass.",
+                                      registry=r, buckets=(0.005, 0.02, 0.1, 0.5, 2, 10, 60, 300))
+
+    def count(self, counts: BatchCounts, source: str) -> None:
+        for (role, kind), n in counts.stored.items():
+            self.records_ingested.labels(role=role, kind=kind).inc(n)
+        if counts.duplicates:
+            self.records_duplicate.labels(source=source).inc(counts.duplicates)
+        for reason, n in counts.quarantined.items():
+            self.records_quarantined.labels(reason=reason).inc(n)
+
+    def serve(self, host: str, port: int) -> Any:
+        """Start the /metrics endpoint in a thread; returns the server (its port is server.server_port)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

@@ -1,0 +1,113 @@
+"""Read-only store + inbox -> one status snapshot (a dict), its exit code, and a table for people."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from iceburg_daemon.config import Config
+from iceburg_daemon.errors import StoreError
+from iceburg_daemon.inbox import pending, scan
+from iceburg_daemon.store import Store
+
+EXIT_HEALTHY, EXIT_NOT_RUNNING, EXIT_NOT_INITIALISED = 0, 1, 2
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(cfg: Config, *, now: float) -> dict[str, Any]:
+    try:
+        store = Store.open_readonly(cfg.db_path)
+    except StoreError as exc:
+        return {"initialised": False, "running": False, "state": "not_initialised", "detail": str(exc)}
+    try:
+        beat = store.heartbeat()
+        if beat is None:
+            state, age, pid = "never_started", None, None
+        else:
+            age, pid = now - beat["ts"], beat["pid"]
+            if beat["state"] == "stopped":
+                state = "stopped"
+            elif not _pid_alive(pid) or age > cfg.daemon.stale_after_seconds:
+                state = "dead" if not _pid_alive(pid) else "stale"
+            else:
+                state = "running"
+        found = scan(cfg.inbox_dir, now=now, settle_seconds=cfg.inbox.settle_seconds)
+        return {
+            "initialised": True,
+            "running": state == "running",
+            "state": state,
+            "pid": pid,
+            "heartbeat_age_s": None if age is None else round(age, 3),
+            "version": beat["version"] if beat else None,
+            "data_dir": str(cfg.data_dir),
+            "inbox": {"ready": len(found.ready), "settling": found.waiting,
+                      "processing": len(pending(cfg.processing_dir)),
+                      "skipped": [{"name": p.name, "reason": r} for p, r in found.skipped]},
+            "files": store.file_state_counts(),
+            "records": [{"role": r["role"], "kind": r["kind"], "count": r["n"]} for r in store.record_counts()],
+            "quarantined": {r["reason"]: r["n"] for r in store.quarantine_counts()},
+            "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
+                         "failures": s["failures"], "items": s["items"], "last_sync": s["last_sync"],
+                         "next_attempt": s["next_attempt"]} for s in store.sources()],
+            "events": [{"ts": e["ts"], "kind": e["kind"], "subject": e["subject"]} for e in store.recent_events(8)],
+        }
+    finally:
+        store.close()
+
+
+def exit_code(snapshot: dict[str, Any]) -> int:
+    if not snapshot["initialised"]:
+        return EXIT_NOT_INITIALISED
+    return EXIT_HEALTHY if snapshot["running"] else EXIT_NOT_RUNNING
+
+
+def render(snapshot: dict[str, Any], now: float) -> Any:
+    """A rich renderable: a few small tables a person can read at a glance."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if not snapshot["initialised"]:
+        return Text(f"iceburgd: not initialised — {snapshot['detail']}", style="yellow")
+    colour = "green" if snapshot["running"] else "red"
+    age = snapshot["heartbeat_age_s"]
+    head = Text.assemble(("iceburgd ", "bold"), (snapshot["state"], f"bold {colour}"),
+                         f"  pid {snapshot['pid']}  heartbeat {'-' if age is None else f'{age:.1f}s ago'}"
+                         f"  data {snapshot['data_dir']}")
+    inbox = snapshot["inbox"]
+    inbox_line = Text(f"inbox: {inbox['ready']} ready, {inbox['settling']} settling, {inbox['processing']} in"
+                      f" progress, {len(inbox['skipped'])} skipped; files: "
+                      + (", ".join(f"{k} {v}" for k, v in sorted(snapshot["files"].items())) or "none"))
+    records = Table(title="records", title_justify="left")
+    for col in ("role", "kind", "count"):
+        records.add_column(col, justify="right" if col == "count" else "left")
+    for r in snapshot["records"]:
+        records.add_row(r["role"], r["kind"], str(r["count"]))
+    quarantine = Table(title="quarantined", title_justify="left")
+    quarantine.add_column("reason")
+    quarantine.add_column("count", justify="right")
+    for reason, n in snapshot["quarantined"].items():
+        quarantine.add_row(reason, str(n))
+    sources = Table(title="sources", title_justify="left")
+    for col in ("name", "health", "items", "last sync", "reason"):
+        sources.add_column(col)
+    for s in snapshot["sources"]:
+        last = "-" if s["last_sync"] is None else f"{now - s['last_sync']:.0f}s ago"
+        style = "green" if s["health"] == "healthy" else "red" if s["health"] == "unhealthy" else ""
+        sources.add_row(s["name"], Text(s["health"], style=style), str(s["items"]), last, (s["reason"] or "")[:80])
+    events = Table(title="recent events", title_justify="left")
+    events.add_column("age")
+    events.add_column("event")
+    events.add_column("subject")
+    for e in snapshot["events"]:
+        events.add_row(f"{now - e['ts']:.0f}s", e["kind"], e["subject"][:60])
+    return Group(head, inbox_line, records, quarantine, sources, events)

@@ -1,0 +1,99 @@
+"""Helpers for tests and benchmarks (shipped, so integrations can test against the daemon too).
+
+Realistic record generators, a config writer, and a runner for the real `iceburgd` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+ROLE_PROMPTS = {
+    "surveyor": "You are ICEBURG Surveyor, a research agent gathering evidence from authoritative sources.",
+    "dissident": "You are ICEBURG Dissident, an agent that challenges assumptions and finds contradictions.",
+    "synthesist": "You are ICEBURG Synthesist, an agent that integrates findings across domains.",
+    "oracle": "You are ICEBURG Oracle, an agent that distills principles from validated evidence.",
+}
+_WORDS = ("evidence signal protein lattice entropy market policy climate neuron graph theorem river archive "
+          "catalyst spectrum cohort variance orbit enzyme ledger protocol harvest glacier syntax vector").split()
+
+
+def chat_record(i: int, *, answer_bytes: int = 1100, seed: int = 0) -> dict[str, Any]:
+    """One chat record of roughly answer_bytes + 300 bytes, unique per (i, seed), with a known role."""
+    rng = random.Random(seed * 1_000_003 + i)
+    role = list(ROLE_PROMPTS)[i % 4]
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < answer_bytes:
+        words.append(rng.choice(_WORDS))
+    answer = f"Finding {i}: " + " ".join(words)
+    return {
+        "messages": [
+            {"role": "system", "content": ROLE_PROMPTS[role]},
+            {"role": "user", "content": f"Question {i} ({seed}): what links {rng.choice(_WORDS)} and "
+                                        f"{rng.choice(_WORDS)}?"},
+            {"role": "assistant", "content": answer},
+        ],
+        "metadata": {"agent_type": role, "quality_score": None if i % 7 == 0 else round(rng.random(), 3),
+                     "timestamp": f"2026-11-01T00:00:{i % 60:02d}"},
+    }
+
+
+def chat_lines(n: int, *, answer_bytes: int = 1100, seed: int = 0) -> Iterator[str]:
+    for i in range(n):
+        yield json.dumps(chat_record(i, answer_bytes=answer_bytes, seed=seed))
+
+
+def write_jsonl(path: Path, lines: Any) -> Path:
+    """Write then rename, the inbox convention: the daemon never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_config(folder: Path, text: str = "") -> Path:
+    """A config.toml in folder with fast test defaults (no settle delay, short loop), plus `text` appended."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = ("[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.2\n\n"
+            "[daemon]\nheartbeat_seconds = 0.2\nstale_after_seconds = 5.0\n\n"
+            "[metrics]\nenabled = false\n")
+    path = folder / "config.toml"
+    path.write_text(_merge(base, text), encoding="utf-8")
+    return path
+
+
+def _merge(base: str, extra: str) -> str:
+    """Append `extra`; keys it sets in a section that base also has replace base's section."""
+    import tomllib
+
+    overridden = {line.strip("[] ") for line in extra.splitlines() if line.startswith("[") and not line.startswith("[[")}
+    kept, skip = [], False
+    for line in base.splitlines():
+        if line.startswith("["):
+            skip = line.strip("[] ") in overridden
+        if not skip:
+            kept.append(line)
+    merged = "\n".join(kept) + "\n" + extra
+    tomllib.loads(merged)  # fail loudly in the test, not in the daemon
+    return merged
+
+
+def iceburgd(*args: str, config: Path, timeout: float = 120, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a child process."""
+    return subprocess.run([sys.executable, "-m", "iceburg_daemon", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          stdin=subprocess.DEVNULL)
+
+
+def spawn_daemon(config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "iceburg_daemon", "--config", str(config), "run", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from iceburg_daemon.config import load_config, publish_name, to_dict
+from iceburg_daemon.errors import ConfigError
+from iceburg_daemon.testing import iceburgd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_config_is_valid_and_matches_defaults():
+    cfg = load_config(REPO / "config.toml", env={})
+    defaults = load_config(None, env={})
+    # Every key in the shipped file shows the default value, so the two differ only in where paths resolve.
+    a, b = to_dict(cfg), to_dict(defaults)
+    for section in ("inbox", "sources", "daemon", "logs", "metrics", "surveyor", "general"):
+        assert a[section] == b[section], section
+    assert cfg.data_dir == REPO / "data"
+    assert cfg.paths.models_dir == REPO / "models"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    p = tmp_path / "conf" / "c.toml"
+    p.parent.mkdir()
+    p.write_text('[paths]\ndata_dir = "state"\n[[sources.chroma]]\nname = "mem"\npath = "../ice/chroma"\n')
+    cfg = load_config(p, env={})
+    assert cfg.data_dir == tmp_path / "conf" / "state"
+    assert cfg.sources.chroma[0].path == tmp_path / "ice" / "chroma"
+    assert cfg.db_path == tmp_path / "conf" / "state" / "iceburgd.sqlite3"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(
+        "[inbox]\nsettle_seconds = 'soon'\nafter_ingest = 'shred'\nbogus = 1\n"
+        "[metrics]\nport = 70000\n[nonsense]\nx = 1\n[surveyor]\nenabled = 'yes'\n"
+        "[[sources.chroma]]\nname = 'a'\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(p, env={})
+    text = "\n".join(err.value.problems)
+    for expected in ("inbox.settle_seconds", "inbox.after_ingest", "inbox.bogus: unknown key", "metrics.port",
+                     "unknown section [nonsense]", "surveyor.enabled", "missing required key(s): path"):
+        assert expected in text
+    assert len(err.value.problems) == 7
+
+
+def test_env_overrides_win_and_parse_as_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[metrics]\nport = 9000\n")
+    cfg = load_config(p, env={"ICEBURGD_METRICS_PORT": "9555", "ICEBURGD_INBOX_AFTER_INGEST": "delete",
+                              "ICEBURGD_SURVEYOR_PUBLISH_NAME": "my-surveyor:v1", "HOME": "/x"})
+    assert cfg.metrics.port == 9555
+    assert cfg.inbox.after_ingest == "delete"
+    assert publish_name(cfg, "surveyor") == "my-surveyor:v1"
+    assert publish_name(cfg, "oracle") == "iceburg-oracle:latest"
+    with pytest.raises(ConfigError) as err:
+        load_config(p, env={"ICEBURGD_METRICS_PORT": "many", "ICEBURGD_NOPE_X": "1"})
+    assert any("metrics.port" in e for e in err.value.problems)
+    assert any("ICEBURGD_NOPE_X" in e for e in err.value.problems)
+
+
+def test_cli_config_check_and_show(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text("[metrics]\nport = 9100\n")
+    ok = iceburgd("config", "check", config=good)
+    assert ok.returncode == 0, ok.stderr
+    shown = iceburgd("config", "show", config=good)
+    assert "port = 9100" in shown.stdout and "[surveyor]" in shown.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[metrics]\nport = 'x'\n[inbox]\nbatch_size = 0\n")
+    res = iceburgd("config", "check", config=bad)
+    assert res.returncode == 2
+    assert "metrics.port" in res.stderr and "inbox.batch_size" in res.stderr
+    assert "Traceback" not in res.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[metrics\n")
+    res = iceburgd("config", "check", config=broken)
+    assert res.returncode == 2 and "cannot parse" in res.stderr
+    missing = iceburgd("config", "check", config=tmp_path / "nope.toml")
+    assert missing.returncode == 2 and "not found" in missing.stderr
