@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -72,19 +73,38 @@ def _copy_sqlite(src: Path, dest: Path) -> None:
         raise SourceError(f"corrupted: {SQLITE_NAME} integrity_check: {result}")
 
 
+# hnswlib's header.bin as chroma persists it (100 bytes, little-endian).
+HNSW_HEADER = struct.Struct("<iQQQQQQiIQQQdQ")
+
+
 def check_segments(snapshot: Path) -> list[str]:
-    """HNSW segment folders whose files cannot be a valid index (e.g. ICEBURG's zero-byte link_lists.bin)."""
+    """HNSW segment folders whose files contradict their own header (truncated or torn writes).
+
+    An empty link_lists.bin is normal while the index holds no elements above level 0 (vectors often wait in
+    chroma's embeddings_queue), so only sizes the header says must be there are checked.
+    """
     problems = []
-    for header in sorted(snapshot.glob("*/header.bin")):
-        seg = header.parent
+    for header_path in sorted(snapshot.glob("*/header.bin")):
+        seg = header_path.parent
         sizes = {n: (seg / n).stat().st_size if (seg / n).exists() else -1
                  for n in ("data_level0.bin", "link_lists.bin", "length.bin")}
         missing = [n for n, size in sizes.items() if size < 0]
+        raw = header_path.read_bytes()
         if missing:
             problems.append(f"segment {seg.name}: missing {', '.join(missing)}")
-        elif sizes["data_level0.bin"] > 0 and sizes["link_lists.bin"] == 0:
-            # hnswlib writes a 4-byte link count per element, so elements with no link file are a torn write.
-            problems.append(f"segment {seg.name}: link_lists.bin is empty but data_level0.bin has elements")
+            continue
+        if len(raw) != HNSW_HEADER.size:
+            problems.append(f"segment {seg.name}: header.bin is {len(raw)} bytes, expected {HNSW_HEADER.size}")
+            continue
+        _, _, max_elements, count, per_element, *_rest = HNSW_HEADER.unpack(raw)
+        max_level = _rest[2]
+        if count > max_elements:
+            problems.append(f"segment {seg.name}: header counts {count} elements over a capacity of {max_elements}")
+        elif sizes["data_level0.bin"] < count * per_element:
+            problems.append(f"segment {seg.name}: data_level0.bin holds {sizes['data_level0.bin']} bytes, the header"
+                            f" needs {count * per_element} for {count} elements")
+        elif max_level > 0 and sizes["link_lists.bin"] == 0:
+            problems.append(f"segment {seg.name}: link_lists.bin is empty but the header has {max_level} levels")
     return problems
 
 

@@ -168,6 +168,7 @@ class Daemon:
                 self._ingest_one(path)
             except Exception:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
                 log.exception("stage_failed", stage="ingest", file=path.name)
+        self.metrics.inbox_backlog.set(len(pending(self.cfg.processing_dir)) + found.waiting)
 
     def _ingest_one(self, path: Path) -> None:
         assert self.store is not None

@@ -25,6 +25,8 @@ def fixture_copy(tmp_path: Path, fixtures: Path) -> Path:
     """A writable copy of the fixtures: tests never touch the originals."""
     target = tmp_path / "iceburg"
     shutil.copytree(fixtures, target)
+    for p in [target, *target.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)  # the originals are read-only
     return target
 
 
