@@ -26,7 +26,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class InboxConfig:
-    settle_seconds: float = 2.0  # a file is claimed once its mtime is at least this old
+    settle_seconds: float = 0.5  # a file is claimed once its mtime is at least this old
     rescan_seconds: float = 5.0  # full rescan period; watchdog events only wake the loop early
     watch: bool = True  # use watchdog for wake-ups (the rescan still runs)
     after_ingest: Literal["archive", "delete"] = "archive"

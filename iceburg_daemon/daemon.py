@@ -70,6 +70,7 @@ class Daemon:
         self.lock = DataDirLock(cfg.lock_path)
         self.store: Store | None = None
         self._skipped_reported: set[tuple[str, str]] = set()
+        self._settles_in: float | None = None  # wake early when a waiting inbox file settles
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -114,7 +115,7 @@ class Daemon:
                 self.tick()
                 if once or self.stopping.is_set():
                     break
-                self.wake.wait(timeout=period)
+                self.wake.wait(timeout=min(period, self._settles_in or period))
                 self.wake.clear()
                 if self.stopping.is_set():
                     break
@@ -149,6 +150,7 @@ class Daemon:
     def ingest_inbox(self) -> None:
         assert self.store is not None
         found = scan(self.cfg.inbox_dir, now=self.clock(), settle_seconds=self.cfg.inbox.settle_seconds)
+        self._settles_in = found.settles_in
         for path, reason in found.skipped:
             if (str(path), reason) not in self._skipped_reported:  # report once, not on every rescan
                 self._skipped_reported.add((str(path), reason))

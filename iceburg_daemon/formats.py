@@ -34,16 +34,24 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+CONTENT_KEYS = {"sft": ("messages",), "preference": ("chosen", "prompt", "rejected"), "signal": ("signal",)}
+
+
+def encode_record(record: dict[str, Any]) -> tuple[str, str]:
+    """(content hash, stored JSON) with the content serialised once, since that is most of the bytes.
+
+    Identity is the content only (kind + messages, or the preference triple, or the signal payload), never
+    metadata or timestamps. The stored JSON is the content object followed by the remaining keys, sorted.
+    """
+    keys = CONTENT_KEYS[record["kind"]]
+    content = canonical_json({"kind": record["kind"], **{k: record[k] for k in keys}})
+    rest = canonical_json({k: v for k, v in record.items() if k != "kind" and k not in keys})
+    digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
+    return digest, content if rest == "{}" else content[:-1] + "," + rest[1:]
+
+
 def content_hash(record: dict[str, Any]) -> str:
-    """Identity: the content that makes two records the same example, whatever file or store they came from."""
-    kind = record["kind"]
-    if kind == "sft":
-        identity: dict[str, Any] = {"kind": kind, "messages": record["messages"]}
-    elif kind == "preference":
-        identity = {k: record[k] for k in ("kind", "prompt", "chosen", "rejected")}
-    else:
-        identity = {"kind": kind, "signal": record["signal"]}
-    return hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest()
+    return encode_record(record)[0]
 
 
 # ---- role resolution -------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 class ScanResult:
     ready: list[Path] = field(default_factory=list)  # settled regular files, oldest first
     waiting: int = 0  # files still being written (mtime too recent)
+    settles_in: float | None = None  # seconds until the first waiting file settles
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason) never claimed
 
 
@@ -52,6 +53,8 @@ def scan(inbox: Path, *, now: float, settle_seconds: float) -> ScanResult:
             result.skipped.append((Path(entry.path), reason))
         elif now - st.st_mtime < settle_seconds:
             result.waiting += 1
+            wait = max(settle_seconds - (now - st.st_mtime), 0.01)
+            result.settles_in = wait if result.settles_in is None else min(result.settles_in, wait)
         else:
             found.append((st.st_mtime, Path(entry.path)))
     result.ready = [p for _, p in sorted(found)]

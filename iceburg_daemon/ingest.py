@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iceburg_daemon.errors import IngestError
-from iceburg_daemon.formats import Reject, canonical_json, content_hash, parse_object
+from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
 from iceburg_daemon.readers import iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
 
@@ -58,11 +58,12 @@ def rejects_prefix(row: sqlite3.Row) -> str:
 def to_new_record(record: dict[str, Any], *, source: str, source_ref: str) -> NewRecord:
     record["source"] = source
     record["source_ref"] = source_ref
+    digest, stored = encode_record(record)
     return NewRecord(
-        content_hash=content_hash(record),
+        content_hash=digest,
         role=record["role"],
         kind=record["kind"],
-        canonical=canonical_json(record),
+        canonical=stored,
         source=source,
         source_ref=source_ref,
         record_ts=record.get("record_ts"),

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install iceburgd as a per-user launchd agent (macOS). `--print` only renders the plist to stdout.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+label="com.iceburg.iceburgd"
+render() { sed -e "s|__REPO__|${repo}|g" -e "s|__HOME__|${HOME}|g" "${repo}/launchd/${label}.plist"; }
+if [ "${1:-}" = "--print" ]; then render; exit 0; fi
+[ -x "${repo}/.venv/bin/iceburgd" ] || { echo "run 'make install' first" >&2; exit 1; }
+"${repo}/.venv/bin/iceburgd" --config "${repo}/config.toml" config check
+target="${HOME}/Library/LaunchAgents/${label}.plist"
+mkdir -p "$(dirname "$target")" "${HOME}/Library/Logs"
+render > "$target"
+launchctl bootout "gui/$(id -u)/${label}" 2>/dev/null || true
+launchctl bootstrap "gui/$(id -u)" "$target"
+echo "installed ${target}; status: ${repo}/.venv/bin/iceburgd --config ${repo}/config.toml status"
