@@ -17,9 +17,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from iceburg_daemon.config import ChromaStoreConfig, Config
 from iceburg_daemon.errors import SourceError
@@ -108,20 +109,28 @@ def check_segments(snapshot: Path) -> list[str]:
     return problems
 
 
-def read_snapshot(snapshot: Path, *, timeout: float, command: Sequence[str] | None = None) -> dict[str, Any]:
+def read_snapshot(snapshot: Path, *, timeout: float, command: Sequence[str] | None = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Run the reader child; every way it can fail becomes a SourceError with a reason."""
     with tempfile.TemporaryDirectory(prefix="iceburgd-chroma-") as tmp:
-        out = Path(tmp) / "items.jsonl"
+        out, err = Path(tmp) / "items.jsonl", Path(tmp) / "stderr.txt"
         argv = list(command) if command else [sys.executable, "-m", "iceburg_daemon.chroma_source"]
-        try:
-            proc = subprocess.run([*argv, str(snapshot), str(out)], capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise SourceError(f"timeout: the reader did not finish in {timeout:g}s") from None
+        with open(err, "w", encoding="utf-8") as err_fh:
+            proc = subprocess.Popen([*argv, str(snapshot), str(out)], stdout=subprocess.DEVNULL, stderr=err_fh,
+                                    stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None:
+                if should_stop() or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    if should_stop():
+                        raise SourceInterrupted("interrupted: the daemon is shutting down")
+                    raise SourceError(f"timeout: the reader did not finish in {timeout:g}s")
+                time.sleep(0.05)
         if proc.returncode < 0:
             raise SourceError(f"crashed: the reader died with signal {-proc.returncode}")
         if proc.returncode != 0:
-            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no message"]
+            tail = err.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no message"]
             raise SourceError(f"open_failed: {tail[0][:300]}")
         try:
             lines = out.read_text(encoding="utf-8").splitlines()
@@ -133,12 +142,17 @@ def read_snapshot(snapshot: Path, *, timeout: float, command: Sequence[str] | No
     return {"collections": head["collections"], "items": items}
 
 
+class SourceInterrupted(SourceError):
+    """The sync was abandoned for a shutdown: not the store's fault, so its health is left as it was."""
+
+
 def item_hash(item: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json([item.get("document"), item.get("metadata")]).encode()).hexdigest()
 
 
 def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: float,
-               command: Sequence[str] | None = None) -> BatchCounts | SourceError:
+               command: Sequence[str] | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> BatchCounts | SourceError:
     """Snapshot, read and ingest what is new in one store; mark it healthy or unhealthy. Never raises SourceError."""
     name = f"chroma:{source.name}"
     row = store.source(name)
@@ -148,7 +162,10 @@ def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: flo
         problems = check_segments(snapshot)
         if problems:
             raise SourceError("corrupted: " + "; ".join(problems))
-        data = read_snapshot(snapshot, timeout=cfg.sources.timeout_seconds, command=command)
+        data = read_snapshot(snapshot, timeout=cfg.sources.timeout_seconds, command=command,
+                             should_stop=should_stop)
+    except SourceInterrupted as exc:
+        return exc
     except SourceError as exc:
         delay = min(cfg.sources.backoff_seconds * 2**failures, cfg.sources.backoff_max_seconds)
         with store.transaction():

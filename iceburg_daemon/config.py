@@ -54,7 +54,6 @@ class SourcesConfig:
 class DaemonConfig:
     heartbeat_seconds: float = 5.0  # loop period when nothing wakes it
     stale_after_seconds: float = 60.0  # status calls a heartbeat older than this stale
-    shutdown_grace_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

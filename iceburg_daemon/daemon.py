@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, Callable, Sequence
 
 from iceburg_daemon import __version__
-from iceburg_daemon.chroma_source import sync_store
+from iceburg_daemon.chroma_source import SourceInterrupted, sync_store
 from iceburg_daemon.config import Config
 from iceburg_daemon.errors import AlreadyRunningError, SourceError
 from iceburg_daemon.inbox import InboxWatcher, claim, pending, process_claimed, scan
@@ -201,11 +201,14 @@ class Daemon:
             if row is not None and row["next_attempt"] is not None and now < row["next_attempt"]:
                 continue
             try:
-                outcome = sync_store(self.cfg, self.store, source, now=now, command=self.source_command)
+                outcome = sync_store(self.cfg, self.store, source, now=now, command=self.source_command,
+                                     should_stop=self.stopping.is_set)
             except Exception:  # noqa: BLE001 - one store's bug must not stop the loop
                 log.exception("stage_failed", stage="sources", source=source.name)
                 continue
-            if isinstance(outcome, SourceError):
+            if isinstance(outcome, SourceInterrupted):
+                log.info("source_sync_interrupted", source=source.name)
+            elif isinstance(outcome, SourceError):
                 self.metrics.source_healthy.labels(source=source.name).set(0)
                 log.warning("source_unhealthy", source=source.name, reason=str(outcome))
             else:

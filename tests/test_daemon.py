@@ -183,3 +183,55 @@ def test_cli_ingest_reports_counts_and_never_moves_files(cfg_path, tmp_path):
     assert "already_ingested" in text.stdout
     assert Path(load_config(cfg_path, env={}).quarantine_dir / "in.jsonl.rejects.jsonl").exists()
     os.chmod(f, 0o644)
+
+
+def _daemon_with_slow_reader(path: Path) -> subprocess.Popen[str]:
+    """A real daemon whose ChromaDB reader child hangs, to catch it in the middle of a sync."""
+    code = (
+        "import sys\n"
+        "from iceburg_daemon.config import load_config\n"
+        "from iceburg_daemon.daemon import Daemon\n"
+        f"cfg = load_config({str(path)!r})\n"
+        "slow = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+        "sys.exit(Daemon(cfg, source_command=slow).run())\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigterm_during_a_source_sync_kills_the_reader_and_exits_cleanly(tmp_path, fixtures):
+    path = write_config(tmp_path / "home", f'[[sources.chroma]]\nname = "p"\npath = "{fixtures}/data/chroma"\n')
+    cfg = load_config(path, env={})
+    proc = _daemon_with_slow_reader(path)
+    try:
+        wait_for(lambda: (cfg.snapshots_dir / "p").is_dir(), what="snapshot")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 3
+    finally:
+        proc.kill()
+        proc.wait()
+    store = Store.open_readonly(cfg.db_path)
+    assert store.source("chroma:p")["health"] == "unknown"  # a shutdown is not the store's fault
+    assert store.heartbeat()["state"] == "stopped"
+    store.close()
+
+
+def test_a_second_signal_exits_at_once(cfg_path):
+    code = (
+        "import os, signal, sys, time\n"
+        "from iceburg_daemon.config import load_config\n"
+        "from iceburg_daemon.daemon import Daemon\n"
+        f"d = Daemon(load_config({str(cfg_path)!r}))\n"
+        "d._install_signals()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "assert d.stopping.is_set() and d.wake.is_set()\n"
+        "print('first signal: stopping', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(10)\n"
+        "sys.exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "first signal: stopping" in out.stdout
+    assert out.returncode == 128 + signal.SIGINT

@@ -1,0 +1,54 @@
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from iceburg_daemon.errors import StoreError
+from iceburg_daemon.store import MIGRATIONS, NewRecord, Store
+
+
+def test_store_is_private_wal_and_migrated_once(tmp_path):
+    path = tmp_path / "d" / "s.sqlite3"
+    store = Store.open(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.schema_version() == len(MIGRATIONS)
+    rec = NewRecord("h1", "surveyor", "sft", "{}", "cli", "f:1", None)
+    with store.transaction():
+        counts = store.insert_records([rec, rec], 1.0)
+    assert counts.total_stored == 1 and counts.duplicates == 1
+    store.close()
+    again = Store.open(path)  # re-opening applies no migration twice and keeps the data
+    assert again.schema_version() == len(MIGRATIONS) and len(again.records()) == 1
+    again.close()
+
+
+def test_readonly_connections_cannot_write_and_need_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not been initialised"):
+        Store.open_readonly(tmp_path / "none.sqlite3")
+    Store.open(tmp_path / "s.sqlite3").close()
+    ro = Store.open_readonly(tmp_path / "s.sqlite3")
+    with pytest.raises(sqlite3.OperationalError):
+        ro.add_event("x", "y", 1.0)
+    ro.close()
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path):
+    store = Store.open(tmp_path / "s.sqlite3")
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.insert_records([NewRecord("h1", "oracle", "sft", "{}", "cli", "f:1", None)], 1.0)
+            raise RuntimeError("crash mid-batch")
+    assert store.records() == []
+    store.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this iceburgd"):
+        Store.open(path)
