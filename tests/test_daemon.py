@@ -40,6 +40,14 @@ def heartbeat_state(cfg):
         return None
 
 
+def stop_cleanly(proc, *, within: float) -> None:
+    """One SIGTERM: the daemon must exit 0 within `within` seconds."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < within
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,10 +143,7 @@ def test_sigterm_mid_file_checkpoints_and_the_next_start_finishes(tmp_path):
     try:
         wait_for(lambda: any(cfg.processing_dir.glob("*big.jsonl")), what="claim")
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        assert proc.wait(timeout=10) == 0
-        assert time.monotonic() - t0 < 5
+        stop_cleanly(proc, within=5)
     finally:
         proc.kill()
         proc.wait()
@@ -205,10 +210,7 @@ def test_sigterm_during_a_source_sync_kills_the_reader_and_exits_cleanly(tmp_pat
     try:
         wait_for(lambda: (cfg.snapshots_dir / "p").is_dir(), what="snapshot")
         time.sleep(0.3)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert time.monotonic() - t0 < 3
+        stop_cleanly(proc, within=3)
     finally:
         proc.kill()
         proc.wait()
