@@ -51,6 +51,35 @@ class SourcesConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    enabled: bool = True  # run the filter chain on new sft/preference records
+    batch_size: int = 500  # records judged per transaction
+    # 1 structure
+    min_answer_chars: int = 20
+    max_chars: int = 32_000  # whole conversation
+    max_tokens: int = 8_192  # approximated as characters / 4
+    reject_refusals: bool = True
+    # 2 quality signals (thresholds per role: [<role>] min_quality_score)
+    signals: bool = True  # telemetry failures and hallucination patterns count against a record
+    # 3, 4 duplicates
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    near_threshold: float = 0.8  # estimated Jaccard of answer word 5-gram shingles
+    # 5 templates
+    template: bool = True
+    template_threshold: float = 0.5  # similarity of answer skeletons (prompt words masked)
+    template_keep: int = 1  # members of one skeleton that are kept; the rest are rejected
+    # 6 repetition and junk
+    repetition: bool = True
+    min_alpha_share: float = 0.5
+    max_dup_line_share: float = 0.3
+    # 7 secrets and personal data: always redacted at ingest; here: accept the redacted record or reject it
+    secrets: Literal["redact", "reject"] = "redact"
+    # 9 role checks ([<role>] require_json)
+    role_checks: bool = True
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     heartbeat_seconds: float = 5.0  # loop period when nothing wakes it
     stale_after_seconds: float = 60.0  # status calls a heartbeat older than this stale
@@ -74,6 +103,8 @@ class MetricsConfig:
 class RoleConfig:
     enabled: bool = True
     publish_name: str = ""  # Ollama model name the ICEBURG agent uses; default iceburg-<role>:latest
+    min_quality_score: float = 0.5  # a known quality_score below this rejects; null is unknown, never 0
+    require_json: bool = False  # the answer must be ICEBURG's principle JSON (meant for oracle)
 
 
 @dataclass(frozen=True)
@@ -82,6 +113,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -272,13 +304,18 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
 
 def _validate(cfg: Config, problems: list[str]) -> None:
     """Value checks that types alone cannot express."""
-    for section in ("inbox", "sources", "daemon"):
+    for section in ("inbox", "sources", "daemon", "quality"):
         for f in dataclasses.fields(getattr(cfg, section)):
             value = getattr(getattr(cfg, section), f.name)
             if isinstance(value, float) and value < 0:
                 problems.append(f"{section}.{f.name}: must be >= 0, got {value}")
     if cfg.inbox.max_record_bytes < 64:
         problems.append(f"inbox.max_record_bytes: must be >= 64, got {cfg.inbox.max_record_bytes}")
+    for name in ("near_threshold", "template_threshold", "min_alpha_share", "max_dup_line_share"):
+        if not 0 <= getattr(cfg.quality, name) <= 1:
+            problems.append(f"quality.{name}: must be between 0 and 1, got {getattr(cfg.quality, name)}")
+    if cfg.quality.batch_size < 1 or cfg.quality.template_keep < 0:
+        problems.append("quality: batch_size must be >= 1 and template_keep >= 0")
     if cfg.inbox.batch_size < 1:
         problems.append(f"inbox.batch_size: must be >= 1, got {cfg.inbox.batch_size}")
     if cfg.daemon.heartbeat_seconds <= 0:

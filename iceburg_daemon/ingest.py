@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from iceburg_daemon.errors import IngestError
 from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
+from iceburg_daemon.quality.secrets import redact, redact_value
 from iceburg_daemon.readers import iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
 
@@ -56,6 +58,11 @@ def rejects_prefix(row: sqlite3.Row) -> str:
 
 
 def to_new_record(record: dict[str, Any], *, source: str, source_ref: str) -> NewRecord:
+    """Redact secrets and personal data first: the store never holds them, not even in the identity hash."""
+    found: Counter[str] = Counter()
+    record = redact_value(record, found)
+    if found:
+        record["redactions"] = dict(sorted(found.items()))
     record["source"] = source
     record["source_ref"] = source_ref
     digest, stored = encode_record(record)
@@ -120,7 +127,7 @@ def ingest_file(
 def _excerpt(value: Any) -> str:
     if isinstance(value, Reject):
         return ""  # the raw line is not kept for encoding/size/JSON errors: it may be binary or huge
-    text = canonical_json(value)
+    text = redact(canonical_json(value))[0]
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
 
 

@@ -1,4 +1,4 @@
-"""SQLite (WAL) store: schema, migrations and every query. The only module that writes SQL."""
+"""SQLite (WAL) store: connection, migrations and every query. The only package that writes SQL."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from iceburg_daemon.errors import StoreError
+from iceburg_daemon.store.schema import MIGRATIONS
+from iceburg_daemon.store.verdicts import VerdictQueries
 
 
 class FileState(str, enum.Enum):
@@ -65,91 +67,6 @@ class Rejection:
     line_no: int = 0
 
 
-MIGRATIONS: list[str] = [
-    # v1
-    """
-    CREATE TABLE files (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,              -- name as dropped
-        path TEXT NOT NULL,              -- where it is read from (inbox/.processing/... or the CLI path)
-        origin TEXT NOT NULL,            -- inbox | cli
-        size INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        state TEXT NOT NULL,
-        byte_offset INTEGER NOT NULL DEFAULT 0,
-        line_no INTEGER NOT NULL DEFAULT 0,
-        stored INTEGER NOT NULL DEFAULT 0,
-        duplicates INTEGER NOT NULL DEFAULT 0,
-        quarantined INTEGER NOT NULL DEFAULT 0,
-        reason TEXT,
-        final_path TEXT,
-        claimed_at REAL NOT NULL,
-        finished_at REAL,
-        UNIQUE (path, sha256)
-    );
-    CREATE INDEX files_state ON files(state);
-    CREATE TABLE records (
-        id INTEGER PRIMARY KEY,
-        content_hash TEXT NOT NULL UNIQUE,
-        role TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        canonical TEXT NOT NULL,
-        source TEXT NOT NULL,
-        source_ref TEXT NOT NULL,
-        record_ts TEXT,
-        ingested_at REAL NOT NULL
-    );
-    CREATE INDEX records_role_kind ON records(role, kind);
-    CREATE TABLE quarantine (
-        id INTEGER PRIMARY KEY,
-        source TEXT NOT NULL,
-        source_ref TEXT NOT NULL UNIQUE,
-        line_no INTEGER NOT NULL DEFAULT 0,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        excerpt TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX quarantine_reason ON quarantine(reason);
-    CREATE TABLE sources (
-        name TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        path TEXT NOT NULL,
-        health TEXT NOT NULL,
-        reason TEXT,
-        failures INTEGER NOT NULL DEFAULT 0,
-        items INTEGER NOT NULL DEFAULT 0,
-        last_attempt REAL,
-        last_sync REAL,
-        next_attempt REAL,
-        watermark TEXT
-    );
-    CREATE TABLE source_items (
-        source TEXT NOT NULL,
-        collection TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        content_hash TEXT NOT NULL,
-        PRIMARY KEY (source, collection, item_id, content_hash)
-    ) WITHOUT ROWID;
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        ts REAL NOT NULL,
-        kind TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        data TEXT NOT NULL
-    );
-    CREATE TABLE heartbeat (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        pid INTEGER NOT NULL,
-        started_at REAL NOT NULL,
-        ts REAL NOT NULL,
-        state TEXT NOT NULL,
-        version TEXT NOT NULL
-    );
-    """,
-]
-
-
 def _connect(uri: str, *, readonly: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -160,7 +77,7 @@ def _connect(uri: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Store:
+class Store(VerdictQueries):
     """One connection. The daemon (or `iceburgd ingest`, under the same lock) is the only writer."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool):
@@ -208,9 +125,8 @@ class Store:
         for number in range(version, len(MIGRATIONS)):
             with self.transaction():
                 # Statement by statement: executescript() would commit mid-migration.
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {number + 1}")
 
     def schema_version(self) -> int:
@@ -412,6 +328,18 @@ class Store:
 
     def integrity_ok(self) -> bool:
         return bool(self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script on the semicolons that end statements (not those inside comments or strings)."""
+    out, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf)
+            buf = ""
+    return out
 
 
 class _Tx:

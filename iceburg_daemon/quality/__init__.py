@@ -1,0 +1,1 @@
+"""The truth filter: canonical records -> a verdict each (accept / reject with reason, filter and score)."""

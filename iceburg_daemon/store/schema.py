@@ -1,0 +1,132 @@
+"""The store's schema as numbered migrations: append only, never edit a released one."""
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,              -- name as dropped
+        path TEXT NOT NULL,              -- where it is read from (inbox/.processing/... or the CLI path)
+        origin TEXT NOT NULL,            -- inbox | cli
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        state TEXT NOT NULL,
+        byte_offset INTEGER NOT NULL DEFAULT 0,
+        line_no INTEGER NOT NULL DEFAULT 0,
+        stored INTEGER NOT NULL DEFAULT 0,
+        duplicates INTEGER NOT NULL DEFAULT 0,
+        quarantined INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        final_path TEXT,
+        claimed_at REAL NOT NULL,
+        finished_at REAL,
+        UNIQUE (path, sha256)
+    );
+    CREATE INDEX files_state ON files(state);
+    CREATE TABLE records (
+        id INTEGER PRIMARY KEY,
+        content_hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        canonical TEXT NOT NULL,
+        source TEXT NOT NULL,
+        source_ref TEXT NOT NULL,
+        record_ts TEXT,
+        ingested_at REAL NOT NULL
+    );
+    CREATE INDEX records_role_kind ON records(role, kind);
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        source_ref TEXT NOT NULL UNIQUE,
+        line_no INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        excerpt TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX quarantine_reason ON quarantine(reason);
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        health TEXT NOT NULL,
+        reason TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        items INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL,
+        last_sync REAL,
+        next_attempt REAL,
+        watermark TEXT
+    );
+    CREATE TABLE source_items (
+        source TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        PRIMARY KEY (source, collection, item_id, content_hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE heartbeat (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ts REAL NOT NULL,
+        state TEXT NOT NULL,
+        version TEXT NOT NULL
+    );
+    """,
+    # v2: the truth filter's verdicts and its derived indexes (rebuildable from records + verdicts)
+    """
+    CREATE TABLE verdicts (
+        id INTEGER PRIMARY KEY,
+        record_id INTEGER NOT NULL REFERENCES records(id),
+        current INTEGER NOT NULL DEFAULT 1,  -- 0 once superseded by `data refilter`; history is kept
+        verdict TEXT NOT NULL,               -- accept | reject
+        filter TEXT,
+        reason TEXT,
+        detail TEXT,
+        score REAL,
+        duplicate_of INTEGER,
+        cluster_id INTEGER,
+        redacted INTEGER NOT NULL DEFAULT 0,
+        scores TEXT NOT NULL,                -- every filter's scores, JSON
+        generation INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX verdicts_one_current ON verdicts(record_id) WHERE current = 1;
+    CREATE INDEX verdicts_current ON verdicts(current, verdict, reason);
+    CREATE TABLE exact_keys (
+        key TEXT PRIMARY KEY,
+        record_id INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE lsh_sigs (
+        idx INTEGER NOT NULL,                -- 1 near duplicates, 2 template skeletons
+        record_id INTEGER NOT NULL,
+        cluster_id INTEGER,
+        sig BLOB NOT NULL,
+        PRIMARY KEY (idx, record_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE lsh_bands (
+        idx INTEGER NOT NULL,
+        key INTEGER NOT NULL,                -- band number mixed into the band's hash
+        record_id INTEGER NOT NULL
+    );
+    CREATE INDEX lsh_bands_key ON lsh_bands(idx, key);
+    CREATE TABLE template_clusters (
+        cluster_id INTEGER PRIMARY KEY,
+        size INTEGER NOT NULL,
+        kept INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
