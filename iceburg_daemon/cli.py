@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceburg_daemon import __version__
+from iceburg_daemon import ROLES, __version__
 from iceburg_daemon.config import Config, load_config, to_dict
 from iceburg_daemon.errors import AlreadyRunningError, ConfigError, IceburgDaemonError
 from iceburg_daemon.logs import configure as configure_logs
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest files in place (not moved), with the inbox's rules")
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
+    _data_parser(sub)
     config = sub.add_parser("config", help="show or check the resolved configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the resolved configuration")
@@ -42,6 +43,26 @@ def _parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate; exit 0 if valid, 2 if not")
     check.add_argument("--json", action="store_true")
     return p
+
+
+def _data_parser(sub: Any) -> None:
+    data = sub.add_parser("data", help="the truth filter's verdicts: stats, explain, export, refilter")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    stats = data_sub.add_parser("stats", help="verdicts per role and reason; records waiting for training")
+    stats.add_argument("--role", choices=ROLES)
+    stats.add_argument("--json", action="store_true")
+    explain = data_sub.add_parser("explain", help="one record, every filter's verdict and score")
+    explain.add_argument("id", type=int)
+    explain.add_argument("--json", action="store_true")
+    export = data_sub.add_parser("export", help="JSONL of a role's records to stdout (or --output)")
+    export.add_argument("--role", choices=ROLES, required=True)
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--accepted", action="store_const", dest="verdict", const="accept", default="accept")
+    which.add_argument("--rejected", action="store_const", dest="verdict", const="reject")
+    export.add_argument("--format", choices=("chat", "alpaca"), default="chat")
+    export.add_argument("--output", type=Path)
+    refilter = data_sub.add_parser("refilter", help="judge every record again with the current config")
+    refilter.add_argument("--json", action="store_true")
 
 
 def _config_path(arg: Path | None) -> Path | None:
@@ -69,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cfg, as_json=args.json)
         if args.command == "ingest":
             return _ingest(cfg, args.paths, as_json=args.json)
+        if args.command == "data":
+            from iceburg_daemon.cli_data import run_data
+
+            return run_data(cfg, args)
         return _config(cfg, args.config_command, as_json=args.json)
     except AlreadyRunningError as exc:
         print(f"iceburgd: {exc}", file=sys.stderr)
@@ -120,11 +145,14 @@ def _ingest(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
     store = Store.open(cfg.db_path)
     try:
         reports = ingest_paths(cfg, store, _expand(paths), progress=sys.stderr.isatty() and not as_json)
+        judged = _filter_now(cfg, store) if cfg.quality.enabled else Counter()
     finally:
         store.close()
         lock.release()
+    verdicts = {f"{role}/{verdict}" + (f"/{reason}" if reason else ""): n
+                for (role, verdict, reason), n in sorted(judged.items())}
     if as_json:
-        print(json.dumps({"files": reports}, indent=2))
+        print(json.dumps({"files": reports, "verdicts": verdicts}, indent=2))
         return EXIT_OK
     totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -137,7 +165,14 @@ def _ingest(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
               f" quarantined {sum(r['quarantined'].values())}{note}")
     print("stored by role/kind: " + (", ".join(f"{k} {n}" for k, n in sorted(totals.items())) or "none"))
     print("quarantined by reason: " + (", ".join(f"{k} {n}" for k, n in sorted(reasons.items())) or "none"))
+    print("filter verdicts: " + (", ".join(f"{k} {n}" for k, n in verdicts.items()) or "none"))
     return EXIT_OK
+
+
+def _filter_now(cfg: Config, store: Any) -> Counter[tuple[str, str, str]]:
+    from iceburg_daemon.quality.chain import FilterChain
+
+    return FilterChain(cfg, store, clock=time.time).run()
 
 
 def _config(cfg: Config, command: str, *, as_json: bool) -> int:

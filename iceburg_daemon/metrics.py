@@ -23,6 +23,8 @@ class Metrics:
                                          ["source"], registry=r)
         self.records_quarantined = Counter("iceburg_records_quarantined", "Lines or items quarantined, by reason.",
                                            ["reason"], registry=r)
+        self.verdicts = Counter("iceburg_records_filtered", "Filter verdicts, by role, verdict and reason code.",
+                                ["role", "verdict", "reason"], registry=r)
         self.files = Counter("iceburg_inbox_files", "Inbox files finished, by outcome.", ["outcome"], registry=r)
         self.inbox_backlog = Gauge("iceburg_inbox_backlog_files", "Files waiting in the inbox or being ingested.",
                                    registry=r)
@@ -42,6 +44,10 @@ class Metrics:
             self.records_duplicate.labels(source=source).inc(counts.duplicates)
         for reason, n in counts.quarantined.items():
             self.records_quarantined.labels(reason=reason).inc(n)
+
+    def count_verdicts(self, judged: Any) -> None:
+        for (role, verdict, reason), n in judged.items():
+            self.verdicts.labels(role=role, verdict=verdict, reason=reason or "none").inc(n)
 
     def serve(self, host: str, port: int) -> Any:
         """Start the /metrics endpoint in a thread; returns the server (its port is server.server_port)."""

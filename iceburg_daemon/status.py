@@ -55,6 +55,7 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "files": store.file_state_counts(),
             "records": [{"role": r["role"], "kind": r["kind"], "count": r["n"]} for r in store.record_counts()],
             "quarantined": {r["reason"]: r["n"] for r in store.quarantine_counts()},
+            "verdicts": _verdicts(store),
             "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
                          "failures": s["failures"], "items": s["items"], "last_sync": s["last_sync"],
                          "next_attempt": s["next_attempt"]} for s in store.sources()],
@@ -62,6 +63,14 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
         }
     finally:
         store.close()
+
+
+def _verdicts(store: Store) -> dict[str, Any]:
+    roles: dict[str, dict[str, int]] = {}
+    for row in store.verdict_counts():
+        entry = roles.setdefault(row["role"], {"accepted": 0, "rejected": 0})
+        entry["accepted" if row["verdict"] == "accept" else "rejected"] += row["n"]
+    return {"roles": roles, "unfiltered": store.unfiltered_count()}
 
 
 def exit_code(snapshot: dict[str, Any]) -> int:
@@ -87,11 +96,13 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
     inbox_line = Text(f"inbox: {inbox['ready']} ready, {inbox['settling']} settling, {inbox['processing']} in"
                       f" progress, {len(inbox['skipped'])} skipped; files: "
                       + (", ".join(f"{k} {v}" for k, v in sorted(snapshot["files"].items())) or "none"))
-    records = Table(title="records", title_justify="left")
-    for col in ("role", "kind", "count"):
-        records.add_column(col, justify="right" if col == "count" else "left")
+    records = Table(title=f"records ({snapshot['verdicts']['unfiltered']} waiting for the filter)",
+                    title_justify="left")
+    for col in ("role", "kind", "count", "accepted", "rejected"):
+        records.add_column(col, justify="left" if col in ("role", "kind") else "right")
     for r in snapshot["records"]:
-        records.add_row(r["role"], r["kind"], str(r["count"]))
+        v = snapshot["verdicts"]["roles"].get(r["role"], {}) if r["kind"] != "signal" else {}
+        records.add_row(r["role"], r["kind"], str(r["count"]), str(v.get("accepted", "")), str(v.get("rejected", "")))
     quarantine = Table(title="quarantined", title_justify="left")
     quarantine.add_column("reason")
     quarantine.add_column("count", justify="right")

@@ -19,26 +19,48 @@ ROLE_PROMPTS = {
     "synthesist": "You are ICEBURG Synthesist, an agent that integrates findings across domains.",
     "oracle": "You are ICEBURG Oracle, an agent that distills principles from validated evidence.",
 }
-_WORDS = ("evidence signal protein lattice entropy market policy climate neuron graph theorem river archive "
-          "catalyst spectrum cohort variance orbit enzyme ledger protocol harvest glacier syntax vector").split()
+_NOUNS = ("evidence signal protein lattice entropy market policy climate neuron graph theorem river archive "
+          "catalyst spectrum cohort variance orbit enzyme ledger protocol harvest glacier syntax vector reservoir "
+          "membrane tariff sediment pathogen circuit monsoon isotope algorithm parliament voltage habitat cipher "
+          "turbine vaccine estuary inflation fossil compiler aquifer satellite genome currency wetland reactor").split()
+_VERBS = "drives limits explains predicts reshapes weakens amplifies constrains reveals delays".split()
+_ADJS = "recent regional unstable measured hidden gradual coastal synthetic chronic seasonal".split()
+_DETS = ("the", "a", "each", "most", "this", "that", "any")
+_PREPS = ("of", "in", "near", "around", "under", "beyond", "within")
+_JOINS = ("because", "while", "when", "although", "so", "unless", "and")
+
+
+def _sentence(rng: random.Random) -> str:
+    """A random sentence from a tiny grammar: varied enough that no 5-word run repeats by construction."""
+    def phrase() -> str:
+        return f"{rng.choice(_DETS)} {rng.choice(_ADJS)} {rng.choice(_NOUNS)} {rng.choice(_PREPS)} " \
+               f"{rng.choice(_DETS)} {rng.choice(_NOUNS)}"
+
+    first = f"{phrase()} {rng.choice(_VERBS)} {rng.choice(_DETS)} {rng.choice(_NOUNS)}"
+    if rng.random() < 0.6:
+        first += f" {rng.choice(_JOINS)} {phrase()} {rng.choice(_VERBS)} {rng.choice(_NOUNS)}"
+    return first[0].upper() + first[1:] + "."
 
 
 def chat_record(i: int, *, answer_bytes: int = 1100, seed: int = 0) -> dict[str, Any]:
-    """One chat record of roughly answer_bytes + 300 bytes, unique per (i, seed), with a known role."""
+    """One realistic chat record of roughly answer_bytes + 300 bytes, unique per (i, seed), with a known role.
+
+    The answer is varied English prose (stop words, no repeated skeleton), so the truth filter accepts it.
+    """
     rng = random.Random(seed * 1_000_003 + i)
     role = list(ROLE_PROMPTS)[i % 4]
-    words: list[str] = []
-    while sum(len(w) + 1 for w in words) < answer_bytes:
-        words.append(rng.choice(_WORDS))
-    answer = f"Finding {i}: " + " ".join(words)
+    sentences: list[str] = []
+    while sum(len(x) + 1 for x in sentences) < answer_bytes:
+        sentences.append(_sentence(rng))
+    answer = f"Finding {i}: " + " ".join(sentences)
     return {
         "messages": [
             {"role": "system", "content": ROLE_PROMPTS[role]},
-            {"role": "user", "content": f"Question {i} ({seed}): what links {rng.choice(_WORDS)} and "
-                                        f"{rng.choice(_WORDS)}?"},
+            {"role": "user", "content": f"Question {i} ({seed}): what links {rng.choice(_NOUNS)} and "
+                                        f"{rng.choice(_NOUNS)}?"},
             {"role": "assistant", "content": answer},
         ],
-        "metadata": {"agent_type": role, "quality_score": None if i % 7 == 0 else round(rng.random(), 3),
+        "metadata": {"agent_type": role, "quality_score": None if i % 7 == 0 else round(0.5 + rng.random() / 2, 3),
                      "timestamp": f"2026-11-01T00:00:{i % 60:02d}"},
     }
 

@@ -40,7 +40,8 @@ def _stored(cfg) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path):
-    path = write_config(tmp_path / "home", "[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.1\nbatch_size = 200\n")
+    path = write_config(tmp_path / "home", "[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.1\nbatch_size = 200\n"
+                                           "[quality]\nenabled = false\n")  # ingest only: filter kills are tested apart
     cfg = load_config(path, env={})
     cfg.inbox_dir.mkdir(parents=True)
     files = _dataset()
@@ -59,13 +60,13 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path):
     progress = []
     for _ in range(KILLS):
         proc = spawn_daemon(path)
-        time.sleep(rng.uniform(0.3, 1.4))
+        time.sleep(rng.uniform(0.4, 1.6))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         progress.append(_stored(cfg))
     print("records stored after each kill:", progress)
     # The kills landed mid-ingest: work advanced between kills and was still unfinished at most of them.
-    assert progress[0] > 0 and len(set(progress)) >= KILLS // 2
+    assert len(set(progress)) >= KILLS // 2
     assert sum(p < len(expected) for p in progress) >= KILLS // 2
 
     done = iceburgd("run", "--once", config=path)

@@ -38,7 +38,8 @@ class FilterChain:
         self.index = DuplicateIndex(store, cfg.quality)
         self.negatives = NegativeSignals()
 
-    def run(self, *, should_stop: Callable[[], bool] = lambda: False, limit: int | None = None) -> Judged:
+    def run(self, *, should_stop: Callable[[], bool] = lambda: False, limit: int | None = None,
+            progress: Callable[[int], None] | None = None) -> Judged:
         """Judge every pending record (or `limit` of them); returns counts per (role, verdict, reason)."""
         judged: Judged = Counter()
         self.negatives.refresh(self.store)
@@ -53,6 +54,8 @@ class FilterChain:
                     verdict = self.judge(row, generation)
                     judged[(row["role"], verdict["verdict"], verdict["reason"] or "")] += 1
             done += len(rows)
+            if progress:
+                progress(done)
         return judged
 
     def judge(self, row: Any, generation: int) -> dict[str, Any]:

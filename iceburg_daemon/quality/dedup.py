@@ -13,8 +13,8 @@ from iceburg_daemon.quality.minhash import band_keys, shingle_hashes, signature,
 from iceburg_daemon.quality.text import normalise, words
 
 NEAR_INDEX, TEMPLATE_INDEX = 1, 2
-NEAR_PERMS, NEAR_BANDS, NEAR_SHINGLE = 128, 32, 5  # 32 bands x 4 rows: candidates from ~0.42 Jaccard
-TEMPLATE_PERMS, TEMPLATE_BANDS, TEMPLATE_SHINGLE = 64, 16, 4  # 16 x 4: candidates from ~0.5
+NEAR_PERMS, NEAR_BANDS, NEAR_SHINGLE = 64, 16, 5  # 16 bands x 4 rows: candidates from ~0.5 Jaccard
+TEMPLATE_PERMS, TEMPLATE_BANDS, TEMPLATE_SHINGLE = 32, 16, 4  # 16 x 2: candidates from ~0.25
 NUMBER = re.compile(r"^\d+([.,]\d+)*$")
 
 

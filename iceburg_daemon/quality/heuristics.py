@@ -25,6 +25,7 @@ STOP_WORDS = frozenset(
 # Gopher's limits for the share of characters in duplicated n-grams, n = 5..10.
 DUP_NGRAM_LIMITS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 TOP_NGRAM_LIMITS = {2: 0.20, 3: 0.18, 4: 0.16}
+NOT_LETTER = re.compile(r"[\W\d_]+")
 HEADING = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)
 
 
@@ -41,31 +42,34 @@ def _dup_share(items: list[str]) -> float:
 
 
 def _ngram_shares(tokens: list[str]) -> tuple[dict[int, float], dict[int, float]]:
-    chars = sum(len(t) for t in tokens) or 1
-    top, dup = {}, {}
+    """Gopher's top n-gram and duplicated n-gram character shares (zip over slices keeps the loops in C)."""
+    lengths = [len(t) for t in tokens]
+    chars = sum(lengths) or 1
+    top: dict[int, float] = {}
     for n in TOP_NGRAM_LIMITS:
-        grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-        if grams:
-            gram, count = grams.most_common(1)[0]
-            top[n] = sum(len(w) for w in gram) * count / chars if count > 1 else 0.0
-    for n in DUP_NGRAM_LIMITS:
-        covered = [False] * len(tokens)
+        grams = Counter(zip(*(tokens[i:] for i in range(n))))
+        top[n] = max((sum(map(len, g)) * c for g, c in grams.items() if c > 1), default=0) / chars
+    dup = dict.fromkeys(DUP_NGRAM_LIMITS, 0.0)
+    for n in sorted(DUP_NGRAM_LIMITS):
+        grams = list(zip(*(tokens[i:] for i in range(n))))
+        if len(set(grams)) == len(grams):
+            break  # no repeated n-gram, hence no repeated longer one either
+        covered = bytearray(len(tokens))
         seen: set[tuple[str, ...]] = set()
-        for i in range(len(tokens) - n + 1):
-            gram = tuple(tokens[i:i + n])
+        for i, gram in enumerate(grams):
             if gram in seen:
-                covered[i:i + n] = [True] * n
-            seen.add(gram)
-        dup[n] = sum(len(t) for t, c in zip(tokens, covered) if c) / chars
+                covered[i:i + n] = b"\x01" * n
+            else:
+                seen.add(gram)
+        dup[n] = sum(length for length, c in zip(lengths, covered) if c) / chars
     return top, dup
 
 
 def check_repetition(text: str, q: Any) -> tuple[Finding | None, dict[str, float]]:
     prose = without_code(text)
     scores: dict[str, float] = {}
-    letters = sum(ch.isalpha() for ch in prose)
-    visible = sum(not ch.isspace() for ch in prose) or 1
-    scores["alpha_share"] = letters / visible
+    visible = len("".join(prose.split())) or 1
+    scores["alpha_share"] = len(NOT_LETTER.sub("", prose)) / visible
     if len(prose.strip()) >= 40 and scores["alpha_share"] < q.min_alpha_share:
         return Finding("repetition", "non_text", f"{scores['alpha_share']:.2f} of characters are letters",
                        score=scores["alpha_share"]), scores

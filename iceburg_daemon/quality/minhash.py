@@ -6,17 +6,31 @@ import zlib
 
 import numpy as np
 
-PRIME = np.uint64((1 << 31) - 1)  # x and a below 2**31: a*x + b never overflows uint64
 _RNG = np.random.default_rng(20261126)  # fixed: signatures are stored, so the hash family never changes
-_A = _RNG.integers(1, (1 << 31) - 1, size=256, dtype=np.uint64)
-_B = _RNG.integers(0, (1 << 31) - 1, size=256, dtype=np.uint64)
+# Multiply-shift hashing: (a*x + b mod 2**64) >> 32 with odd a is universal and needs no slow modulo.
+_A = _RNG.integers(0, np.iinfo(np.uint64).max, size=256, dtype=np.uint64, endpoint=True) | np.uint64(1)
+_B = _RNG.integers(0, np.iinfo(np.uint64).max, size=256, dtype=np.uint64, endpoint=True)
+_SHIFT = np.uint64(32)
 _SHINGLE_MIX = _RNG.integers(1, 1 << 31, size=16, dtype=np.uint64) | np.uint64(1)
 _BAND_MIX = _RNG.integers(1, 1 << 31, size=64, dtype=np.uint64) | np.uint64(1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
+class _WordHashes(dict):  # type: ignore[type-arg]
+    """crc32 per word, memoised: a dict lookup costs a fifth of encoding and hashing again."""
+
+    def __missing__(self, word: str) -> int:
+        if len(self) > 500_000:
+            self.clear()
+        value = self[word] = zlib.crc32(word.encode("utf-8"))
+        return value
+
+
+_WORD_HASHES = _WordHashes()
+
+
 def word_hashes(tokens: list[str]) -> np.ndarray:
-    return np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
+    return np.fromiter(map(_WORD_HASHES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
 def shingle_hashes(tokens: list[str], n: int) -> np.ndarray:
@@ -32,11 +46,11 @@ def shingle_hashes(tokens: list[str], n: int) -> np.ndarray:
 
 
 def signature(shingles: np.ndarray, perms: int) -> np.ndarray:
-    """MinHash over `perms` universal hashes (a*x + b mod 2**31-1); empty input gives all-max."""
+    """MinHash over `perms` multiply-shift hashes (values below 2**32); empty input gives all-max."""
     if len(shingles) == 0:
-        return np.full(perms, np.iinfo(np.uint64).max, dtype=np.uint64)
-    a, b = _A[:perms, None], _B[:perms, None]
-    return ((a * (shingles[None, :] % PRIME) + b) % PRIME).min(axis=1)
+        return np.full(perms, 0xFFFFFFFF, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return ((_A[:perms, None] * shingles[None, :] + _B[:perms, None]) >> _SHIFT).min(axis=1)
 
 
 def band_keys(sig: np.ndarray, bands: int) -> list[int]:

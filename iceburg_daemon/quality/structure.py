@@ -8,13 +8,13 @@ from typing import Any
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.text import answer, turns
 
-ERROR_OUTPUTS = [
-    ("agent_error", re.compile(r"\[[A-Z][A-Z _\-]{1,30} ERROR\]")),
-    ("traceback", re.compile(r"Traceback \(most recent call last\)|^\s*File \".+\", line \d+", re.MULTILINE)),
-    ("http_error", re.compile(r"\b5\d\d (?:Server|Internal) Error\b|Internal Server Error|\bHTTP(?: status)? 5\d\d\b",
-                              re.IGNORECASE)),
-    ("exception", re.compile(r"^\s*(?:Error|Exception|[A-Z]\w+Error): .{0,200}$", re.MULTILINE)),
-]
+ERROR_OUTPUT = re.compile(
+    r"(?P<agent_error>\[[A-Z][A-Z _\-]{1,30} ERROR\])"
+    r"|(?P<traceback>Traceback \(most recent call last\))"
+    r"|(?P<http_error>\b5\d\d (?:Server|Internal) Error\b|Internal Server Error|\bHTTP(?: status)? 5\d\d\b)",
+    re.IGNORECASE,
+)
+EXCEPTION_ANSWER = re.compile(r"\W*(?:Error|Exception|[A-Z]\w*(?:Error|Exception)): ")  # the whole answer is one
 # Generated pages whose slots were never filled: headings with nothing under them, or "Unknown Principle".
 EMPTY_SECTION = re.compile(r"^#{1,6} [^\n]*\n\s*(?=^#{1,6} |\Z)", re.MULTILINE)
 PLACEHOLDER = re.compile(r"\bunknown[_ ]principle\b|\{\{\s*\w+\s*\}\}|\bincluding  to\b", re.IGNORECASE)
@@ -42,12 +42,13 @@ def check_structure(record: dict[str, Any], q: Any) -> Finding | None:
         return Finding("structure", "too_short", f"answer has {len(final)} characters", score=len(final))
     if total > q.max_chars or total / 4 > q.max_tokens:  # about 4 characters a token for English
         return Finding("structure", "too_long", f"{total} characters (~{total // 4} tokens)", score=total)
-    for name, pattern in ERROR_OUTPUTS:
-        if pattern.search(final):
-            return Finding("structure", "error_output", name)
-    empty = len(EMPTY_SECTION.findall(final))
-    if empty >= 2 or PLACEHOLDER.search(final):
+    lower = final.lower()  # cheap substring checks keep the regexes off most answers
+    error = ERROR_OUTPUT.search(final) if "error" in lower or "traceback" in lower else None
+    if error or ("error" in lower or "exception" in lower) and EXCEPTION_ANSWER.match(final):
+        return Finding("structure", "error_output", error.lastgroup if error else "exception")
+    empty = len(EMPTY_SECTION.findall(final)) if "#" in final else 0
+    if empty >= 2 or ("unknown" in lower or "{{" in final or "  to" in final) and PLACEHOLDER.search(final):
         return Finding("structure", "empty_template", f"{empty} empty sections or an unfilled slot", score=empty)
-    if q.reject_refusals and REFUSAL.search(final):
+    if q.reject_refusals and REFUSAL.match(final):
         return Finding("structure", "refusal", final[:80])
     return None

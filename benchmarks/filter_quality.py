@@ -1,0 +1,106 @@
+"""The truth filter on ICEBURG's real data (and on a template it has never seen): one table.
+
+Files are ingested through the real path in the order below, the filter knows nothing about which file a record
+came from. Usage: python benchmarks/filter_quality.py [FIXTURES_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from iceburg_daemon.config import load_config
+from iceburg_daemon.ingest import ingest_paths
+from iceburg_daemon.quality.chain import FilterChain
+from iceburg_daemon.store import Store
+from iceburg_daemon.testing import chat_record, write_config, write_jsonl
+
+DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "iceburg"
+TOPICS = ["soil microbiomes", "tidal energy", "urban heat islands", "protein folding", "supply chains",
+          "coral bleaching", "battery recycling", "river deltas", "sleep regulation", "glacier retreat",
+          "antibiotic resistance", "monetary policy", "quantum sensing", "wildfire smoke", "crop rotation"]
+FRAMES = ["Give an overview of {t}.", "What should a newcomer know about {t}?", "Summarise the state of {t}."]
+
+
+def synthetic_template(i: int, rng: random.Random) -> dict:
+    """A template none of the filters were shown: one skeleton, topic slotted in, light wording jitter."""
+    t = f"{rng.choice(TOPICS)} ({rng.choice(['coastal', 'northern', 'urban', 'rural', 'tropical'])} case {i})"
+    opener = rng.choice(["In short", "Briefly", "To summarise"])
+    return {"messages": [{"role": "user", "content": rng.choice(FRAMES).format(t=t)}, {"role": "assistant", "content": (
+        f"{opener}: research on {t} has matured over the last decade. Three points matter. First, outcomes in {t} "
+        f"depend on local conditions that most studies fail to record. Second, the leading models of {t} disagree "
+        f"about how strong the feedbacks are. Third, long-term monitoring of {t} remains underfunded, so trends "
+        f"are uncertain. Recommendation: treat bold claims about {t} with caution until they are replicated.")}],
+        "metadata": {"agent_type": "synthesist"}}
+
+
+def run(cfg, store, chain, label, paths):
+    before = store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
+    reports = ingest_paths(cfg, store, paths)
+    chain.run()
+    rows = store.conn.execute(
+        "SELECT r.kind, v.verdict, v.reason FROM records r LEFT JOIN verdicts v ON v.record_id = r.id AND"
+        " v.current = 1 WHERE r.id > ?", (before,)).fetchall()
+    lines = sum(sum(r["stored"].values()) + r["duplicates"] + sum(r["quarantined"].values()) for r in reports)
+    kinds = Counter(r["kind"] for r in rows)
+    verdicts = Counter(r["verdict"] for r in rows if r["verdict"])
+    reasons = Counter(r["reason"] for r in rows if r["reason"])
+    return label, lines, len(rows), kinds, verdicts, reasons
+
+
+def main() -> None:
+    fixtures = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_FIXTURES
+    data = fixtures / "data"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cfg = load_config(write_config(root / "home"), env={})
+        store = Store.open(cfg.db_path)
+        chain = FilterChain(cfg, store, clock=time.time)
+        agent = data / "fine_tuning" / "agent_data"
+        groups = [
+            ("large_corpus (template junk)", sorted((agent / "large_corpus").glob("*.jsonl"))),
+            ("hand-written agent data", sorted(agent.glob("*_training_data.jsonl"))),
+            ("data/training pairs", sorted((data / "training").glob("*.jsonl"))),
+            ("emergence log", [data / "emergent_intelligence" / "intelligence.jsonl"]),
+            ("telemetry", [data / "telemetry" / "prompt_metrics.jsonl"]),
+            ("secretary transcripts", sorted((fixtures / "tests" / "archive").glob("*.json"))),
+        ]
+        results = [run(cfg, store, chain, label, paths) for label, paths in groups]
+        # A template nobody showed the filter, mixed with varied hand-written-style records.
+        rng = random.Random(7)
+        mixed = [("template", synthetic_template(i, rng)) for i in range(300)]
+        mixed += [("varied", chat_record(i, answer_bytes=rng.randint(300, 1500), seed=77)) for i in range(300)]
+        rng.shuffle(mixed)
+        path = write_jsonl(root / "synthetic.jsonl", [json.dumps(r) for _, r in mixed])
+        first = store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
+        results.append(run(cfg, store, chain, "synthetic: new template + varied", [path]))
+        by_line = {int(r["source_ref"].rsplit(":", 1)[1]): r["reason"] in ("template", "near_duplicate")
+                   for r in store.conn.execute(
+                       "SELECT r.source_ref, v.reason FROM records r JOIN verdicts v ON v.record_id = r.id"
+                       " AND v.current = 1 WHERE r.id > ?", (first,))}
+        flagged = [by_line[line] for line in range(1, len(mixed) + 1)]
+        store.close()
+    print(f"{'group':34} {'lines':>6} {'records':>8} {'kinds':>22} {'accepted':>9} {'rejected':>9}  rejected by reason")
+    for label, lines, n, kinds, verdicts, reasons in results:
+        kind_text = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+        rej = verdicts.get("reject", 0)
+        judged = rej + verdicts.get("accept", 0)
+        share = f"{rej / judged:.1%}" if judged else "-"
+        print(f"{label:34} {lines:6} {n:8} {kind_text:>22} {verdicts.get('accept', 0):9} {rej:6} ({share})  "
+              + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
+    truth = [kind == "template" for kind, _ in mixed]
+    tp = sum(t and f for t, f in zip(truth, flagged))
+    fp = sum(f and not t for t, f in zip(truth, flagged))
+    fn = sum(t and not f for t, f in zip(truth, flagged))
+    print(f"\nsynthetic template detection (template or near_duplicate): precision {tp / max(tp + fp, 1):.3f},"
+          f" recall {tp / max(tp + fn, 1):.3f}  (tp {tp}, fp {fp}, fn {fn}; template_keep = {cfg.quality.template_keep}"
+          " member(s) of each skeleton are kept by design)")
+
+
+if __name__ == "__main__":
+    main()
