@@ -1,9 +1,8 @@
 """ICEBURG's ChromaDB stores -> signal records, read from a private snapshot by a child process.
 
 The daemon never opens ICEBURG's live store: it copies it (SQLite through the backup API, segment files as
-they are), checks the copy, and has `python -m iceburg_daemon.chroma_source SNAPSHOT OUT` read it, because a
-corrupted store can crash the reader (segfault) rather than raise. This is the only module that imports chromadb,
-and only inside the child's main().
+they are), checks the copy, and has `python -m iceburg_daemon.chroma_source SNAPSHOT OUT` read it (through iceburg_daemon.chroma), because
+a corrupted store can crash the reader (segfault) rather than raise.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from iceburg_daemon.ingest import to_new_record
 from iceburg_daemon.store import BatchCounts, NewRecord, Rejection, Store
 
 SQLITE_NAME = "chroma.sqlite3"
-PAGE = 500
 
 
 # ---- parent side -------------------------------------------------------------------------------------------------
@@ -199,43 +197,16 @@ def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: flo
 
 
 # ---- child side ----------------------------------------------------------------------------------------------------
-def _child(snapshot: Path, out: Path) -> int:
-    import chromadb  # only here: the daemon process never loads chromadb's native code
-    from chromadb.config import Settings
-
-    client = chromadb.PersistentClient(path=str(snapshot), settings=Settings(anonymized_telemetry=False))
-    collections, problems = [], []
-    with open(out, "w", encoding="utf-8") as fh:
-        rows: list[str] = []
-        for col in client.list_collections():
-            dims: set[int] = set()
-            count = col.count()
-            for start in range(0, count, PAGE):
-                got = col.get(include=["documents", "metadatas", "embeddings"], limit=PAGE, offset=start)
-                embeddings = got.get("embeddings")
-                for i, item_id in enumerate(got["ids"]):
-                    dim = len(embeddings[i]) if embeddings is not None and embeddings[i] is not None else None
-                    if dim:
-                        dims.add(dim)
-                    rows.append(json.dumps({"collection": col.name, "id": item_id,
-                                            "document": got["documents"][i], "metadata": got["metadatas"][i],
-                                            "dimension": dim}, ensure_ascii=False))
-            if len(dims) > 1:
-                problems.append(f"collection {col.name} mixes vector dimensions {sorted(dims)}")
-            collections.append({"name": col.name, "count": count, "dimension": min(dims) if dims else None})
-        fh.write(json.dumps({"collections": collections, "problems": problems}) + "\n")
-        for row in rows:
-            fh.write(row + "\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m iceburg_daemon.chroma_source SNAPSHOT_DIR OUT_FILE", file=sys.stderr)
         return 2
     try:
-        return _child(Path(args[0]), Path(args[1]))
+        from iceburg_daemon.chroma import dump_store  # chromadb's native code loads only in this child
+
+        dump_store(Path(args[0]), Path(args[1]))
+        return 0
     except Exception as exc:  # noqa: BLE001 - the parent maps any failure to an unhealthy source
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
     _data_parser(sub)
+    index = sub.add_parser("index", help="the filter's vector index (derived data)")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    rebuild = index_sub.add_parser("rebuild", help="re-embed every accepted record into a fresh index")
+    rebuild.add_argument("--json", action="store_true")
     config = sub.add_parser("config", help="show or check the resolved configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the resolved configuration")
@@ -83,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"iceburgd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command != "run":
+        configure_logs(level="warning", console=True)  # stderr only: stdout carries the command's output
     try:
         if args.command == "run":
             return _run(cfg, once=args.once)
@@ -90,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cfg, as_json=args.json)
         if args.command == "ingest":
             return _ingest(cfg, args.paths, as_json=args.json)
+        if args.command == "index":
+            from iceburg_daemon.cli_data import rebuild_index
+
+            return rebuild_index(cfg, as_json=args.json)
         if args.command == "data":
             from iceburg_daemon.cli_data import run_data
 

@@ -70,6 +70,26 @@ def _refilter(cfg: Config, *, as_json: bool) -> int:
     return 0
 
 
+def rebuild_index(cfg: Config, *, as_json: bool) -> int:
+    from iceburg_daemon.daemon import DataDirLock
+    from iceburg_daemon.quality.chain import FilterChain
+
+    lock = DataDirLock(cfg.lock_path).acquire()
+    store = Store.open(cfg.db_path)
+    try:
+        semantic = FilterChain(cfg, store, clock=time.time).semantic
+        if semantic is None:
+            print("iceburgd: no vector index: set [embedding] provider (and [quality] semantic = true)",
+                  file=sys.stderr)
+            return 2
+        count = semantic.rebuild()
+    finally:
+        store.close()
+        lock.release()
+    print(json.dumps({"indexed": count}) if as_json else f"indexed {count} accepted records")
+    return 0
+
+
 def _progress(total: int, *, enabled: bool) -> Any:
     if not enabled or not sys.stderr.isatty():
         return None

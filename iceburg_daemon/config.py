@@ -75,8 +75,19 @@ class QualityConfig:
     max_dup_line_share: float = 0.3
     # 7 secrets and personal data: always redacted at ingest; here: accept the redacted record or reject it
     secrets: Literal["redact", "reject"] = "redact"
+    # 8 semantic duplicates: on when [embedding] provider is set
+    semantic: bool = True
+    semantic_threshold: float = 0.95  # cosine similarity to an accepted answer of the same role
     # 9 role checks ([<role>] require_json)
     role_checks: bool = True
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    provider: Literal["none", "hash", "ollama"] = "none"
+    model: str = "nomic-embed-text"  # for ollama
+    url: str = "http://127.0.0.1:11434"  # for ollama
+    dim: int = 384  # for hash
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ class Config:
     inbox: InboxConfig = field(default_factory=InboxConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -158,6 +170,10 @@ class Config:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
 
     @property
     def snapshots_dir(self) -> Path:
@@ -311,7 +327,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
                 problems.append(f"{section}.{f.name}: must be >= 0, got {value}")
     if cfg.inbox.max_record_bytes < 64:
         problems.append(f"inbox.max_record_bytes: must be >= 64, got {cfg.inbox.max_record_bytes}")
-    for name in ("near_threshold", "template_threshold", "min_alpha_share", "max_dup_line_share"):
+    for name in ("near_threshold", "template_threshold", "min_alpha_share", "max_dup_line_share",
+                 "semantic_threshold"):
         if not 0 <= getattr(cfg.quality, name) <= 1:
             problems.append(f"quality.{name}: must be between 0 and 1, got {getattr(cfg.quality, name)}")
     if cfg.quality.batch_size < 1 or cfg.quality.template_keep < 0:

@@ -23,6 +23,7 @@ from iceburg_daemon.inbox import InboxWatcher, claim, pending, process_claimed, 
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.quality.chain import FilterChain
+from iceburg_daemon.quality.embed import EmbeddingError
 from iceburg_daemon.store import SourceHealth, Store
 
 log = get_logger("iceburgd.daemon")
@@ -81,12 +82,30 @@ class Daemon:
             folder.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(self.cfg.db_path)
         self.chain = FilterChain(self.cfg, self.store, clock=self.clock)
+        self._prepare_semantic_index()
         with self.store.transaction():
             for source in self.cfg.sources.chroma:
                 if source.enabled:
                     self.store.ensure_source(f"chroma:{source.name}", "chroma", str(source.path))
             self.store.add_event("daemon_started", "daemon", self.clock(), pid=os.getpid(), version=__version__)
         log.info("daemon_started", pid=os.getpid(), data_dir=str(self.cfg.data_dir), version=__version__)
+
+    def _prepare_semantic_index(self) -> None:
+        """Bring the derived vector index level with the store; rebuild it when it cannot be read."""
+        semantic = self.chain.semantic if self.chain else None
+        if semantic is None:
+            return
+        try:
+            semantic.verify()
+            added = semantic.catch_up()
+        except EmbeddingError as exc:
+            log.warning("semantic_unavailable", error=str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - chromadb raises many kinds; the index is derived, so rebuild
+            log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
+            added = semantic.rebuild()
+        if added:
+            log.info("semantic_index_caught_up", records=added)
 
     def close(self) -> None:
         if self.store is not None:

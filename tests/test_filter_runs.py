@@ -89,7 +89,7 @@ def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
         store = Store.open_readonly(cfg.db_path)
         progress.append(store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
         store.close()
-    assert 0 < progress[0] < n and progress[-1] > progress[0]  # the kills landed while the filter worked
+    assert any(0 < p < n for p in progress) and len(set(progress)) > 2  # kills landed while the filter worked
     assert iceburgd("run", "--once", config=path).returncode == 0
     store = Store.open_readonly(cfg.db_path)
     per_record = store.conn.execute(

@@ -25,7 +25,7 @@ class VerdictQueries:
     def add_verdict(self, row: dict[str, Any]) -> None:
         self.conn.execute(
             f"INSERT INTO verdicts({', '.join(VERDICT_COLUMNS)}) VALUES ({', '.join('?' * len(VERDICT_COLUMNS))})",
-            tuple(row[c] for c in VERDICT_COLUMNS),
+            tuple(row[c] for c in VERDICT_COLUMNS),  # extra keys (e.g. role, for counting) are not stored
         )
 
     def current_verdict(self, record_id: int) -> sqlite3.Row | None:
@@ -47,6 +47,25 @@ class VerdictQueries:
         self.conn.execute("INSERT INTO meta(key, value) VALUES ('filter_generation', ?) ON CONFLICT(key) DO UPDATE"
                           " SET value = excluded.value", (str(new),))
         return new
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value ="
+                          " excluded.value", (key, value))
+
+    def accepted_after(self, verdict_id: int, limit: int) -> list[sqlite3.Row]:
+        """Current accepted verdicts after an id, with their records (for the semantic index)."""
+        return self.conn.execute(
+            "SELECT v.id AS verdict_id, r.id AS record_id, r.role, r.canonical FROM verdicts v JOIN records r ON"
+            " r.id = v.record_id WHERE v.current = 1 AND v.verdict = 'accept' AND v.id > ? ORDER BY v.id LIMIT ?",
+            (verdict_id, limit),
+        ).fetchall()
+
+    def last_verdict_id(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM verdicts").fetchone()[0])
 
     # ---- exact keys -------------------------------------------------------------------------------------------
     def exact_owner(self, key: str) -> int | None:
