@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-import zlib
 from typing import Any, Protocol
 
 import numpy as np
 
 from iceburg_daemon.errors import IceburgDaemonError
+from iceburg_daemon.quality.minhash import word_hashes
 from iceburg_daemon.quality.text import words
 
 
@@ -36,10 +36,13 @@ class HashEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
-            tokens = words(text)
-            for feature in tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]:
-                h = zlib.crc32(feature.encode("utf-8"))
-                out[row, h % self.dim] += 1.0 if h & 0x80000000 else -1.0
+            uni = word_hashes(words(text))
+            with np.errstate(over="ignore"):  # bigram ids mix two word hashes; wrapping is fine
+                bi = uni[:-1] * np.uint64(0x9E3779B1) + uni[1:]
+            features = np.concatenate([uni, bi & np.uint64(0xFFFFFFFF)])
+            signs = np.where(features & np.uint64(0x80000000), 1.0, -1.0)
+            out[row] = np.bincount((features % np.uint64(self.dim)).astype(np.int64), weights=signs,
+                                   minlength=self.dim)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
 
