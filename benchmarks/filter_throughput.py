@@ -90,7 +90,8 @@ def main() -> None:
               f" {per:.0f} B/record; projected 1M records: {per * 1e6 / 1e9:.2f} GB on disk, linear")
     print(f"semantic index (ChromaDB, 384-d): {index_bytes / 1e6:.1f} MB = {index_bytes / max(accepted, 1):.0f}"
           f" B/record; projected 1M: {index_bytes / max(accepted, 1) * 1e6 / 1e9:.2f} GB on disk")
-    print(f"process peak RSS: {rss:.0f} MB (the LSH index is queried from SQLite pages, so memory stays flat)")
+    print(f"process peak RSS: {rss:.0f} MB (ChromaDB keeps the semantic HNSW index in memory; the exact, near"
+          " and template indexes are queried from SQLite pages and do not grow the process)")
 
 
 def _index_bytes(store: Store) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from iceburg_daemon.errors import IngestError
 from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
-from iceburg_daemon.quality.secrets import redact, redact_value
+from iceburg_daemon.quality.secrets import may_hold_secrets, redact, redact_value
 from iceburg_daemon.readers import iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
 
@@ -59,13 +59,15 @@ def rejects_prefix(row: sqlite3.Row) -> str:
 
 def to_new_record(record: dict[str, Any], *, source: str, source_ref: str) -> NewRecord:
     """Redact secrets and personal data first: the store never holds them, not even in the identity hash."""
-    found: Counter[str] = Counter()
-    record = redact_value(record, found)
-    if found:
-        record["redactions"] = dict(sorted(found.items()))
     record["source"] = source
     record["source_ref"] = source_ref
     digest, stored = encode_record(record)
+    if may_hold_secrets(stored):  # rare: only then walk every string of the record
+        found: Counter[str] = Counter()
+        record = redact_value(record, found)
+        if found:
+            record["redactions"] = dict(sorted(found.items()))
+            digest, stored = encode_record(record)
     return NewRecord(
         content_hash=digest,
         role=record["role"],

@@ -48,6 +48,17 @@ def stop_cleanly(proc, *, within: float) -> None:
     assert time.monotonic() - t0 < within
 
 
+def stop_once_ready(proc, ready, *, settle: float, within: float) -> None:
+    """Wait until `ready()`, let the daemon work `settle` seconds, then require a clean SIGTERM stop."""
+    try:
+        wait_for(ready, what="the daemon to be busy")
+        time.sleep(settle)
+        stop_cleanly(proc, within=within)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,14 +152,7 @@ def test_sigterm_mid_file_checkpoints_and_the_next_start_finishes(tmp_path):
     cfg = load_config(path, env={})
     cfg.inbox_dir.mkdir(parents=True)
     write_jsonl(cfg.inbox_dir / "big.jsonl", chat_lines(60_000, answer_bytes=300))
-    proc = spawn_daemon(path)
-    try:
-        wait_for(lambda: any(cfg.processing_dir.glob("*big.jsonl")), what="claim")
-        time.sleep(0.5)
-        stop_cleanly(proc, within=5)
-    finally:
-        proc.kill()
-        proc.wait()
+    stop_once_ready(spawn_daemon(path), lambda: any(cfg.processing_dir.glob("*big.jsonl")), settle=0.5, within=5)
     store = Store.open_readonly(cfg.db_path)
     row = store.conn.execute("SELECT state, line_no FROM files").fetchone()
     store.close()
@@ -208,14 +212,7 @@ def _daemon_with_slow_reader(path: Path) -> subprocess.Popen[str]:
 def test_sigterm_during_a_source_sync_kills_the_reader_and_exits_cleanly(tmp_path, fixtures):
     path = write_config(tmp_path / "home", f'[[sources.chroma]]\nname = "p"\npath = "{fixtures}/data/chroma"\n')
     cfg = load_config(path, env={})
-    proc = _daemon_with_slow_reader(path)
-    try:
-        wait_for(lambda: (cfg.snapshots_dir / "p").is_dir(), what="snapshot")
-        time.sleep(0.3)
-        stop_cleanly(proc, within=3)
-    finally:
-        proc.kill()
-        proc.wait()
+    stop_once_ready(_daemon_with_slow_reader(path), lambda: (cfg.snapshots_dir / "p").is_dir(), settle=0.3, within=3)
     store = Store.open_readonly(cfg.db_path)
     assert store.source("chroma:p")["health"] == "unknown"  # a shutdown is not the store's fault
     assert store.heartbeat()["state"] == "stopped"

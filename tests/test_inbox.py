@@ -4,7 +4,6 @@ import dataclasses
 import gzip
 import json
 import os
-from pathlib import Path
 
 from iceburg_daemon.config import load_config
 from iceburg_daemon.daemon import Daemon
