@@ -119,3 +119,33 @@ def spawn_daemon(config: Path, *extra: str, env: dict[str, str] | None = None) -
     return subprocess.Popen([sys.executable, "-m", "iceburg_daemon", "--config", str(config), "run", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def heartbeat_state(db_path: Path) -> str | None:
+    """The daemon's heartbeat state ('running', 'stopped') from the store, or None before it has one."""
+    from iceburg_daemon.store import Store
+
+    if not db_path.exists():
+        return None
+    try:
+        store = Store.open_readonly(db_path)
+    except Exception:  # noqa: BLE001 - the daemon may be creating the schema right now
+        return None
+    try:
+        row = store.heartbeat()
+        return str(row["state"]) if row else None
+    except Exception:  # noqa: BLE001 - tables not created yet
+        return None
+    finally:
+        store.close()
+
+
+def wait_until_running(db_path: Path, timeout: float = 30.0) -> None:
+    """Block until a spawned daemon has written a 'running' heartbeat (never touches its lock)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while heartbeat_state(db_path) != "running":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no running heartbeat in {db_path} after {timeout} s")
+        time.sleep(0.05)

@@ -14,6 +14,7 @@ import pytest
 
 from iceburg_daemon.config import load_config
 from iceburg_daemon.store import Store
+from iceburg_daemon import testing
 from iceburg_daemon.testing import chat_lines, chat_record, iceburgd, spawn_daemon, write_config, write_jsonl
 
 
@@ -27,17 +28,7 @@ def wait_for(predicate, timeout=30.0, what="condition"):
 
 
 def heartbeat_state(cfg):
-    if not cfg.db_path.exists():
-        return None
-    try:
-        store = Store.open_readonly(cfg.db_path)
-        try:
-            row = store.heartbeat()
-            return row["state"] if row else None
-        finally:
-            store.close()
-    except Exception:  # noqa: BLE001 - the daemon may be creating the schema right now
-        return None
+    return testing.heartbeat_state(cfg.db_path)
 
 
 def stop_cleanly(proc, *, within: float) -> None:

@@ -3,8 +3,6 @@
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 
 from prometheus_client import generate_latest
@@ -13,7 +11,8 @@ from iceburg_daemon.config import load_config
 from iceburg_daemon.daemon import Daemon
 from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import chat_lines, iceburgd, spawn_daemon, write_config, write_jsonl
+from iceburg_daemon.testing import (chat_lines, iceburgd, spawn_daemon, wait_until_running, write_config,
+                                    write_jsonl)
 
 KEY = "sk-proj-" + "Zq7" * 12
 MAIL = "ada.lovelace@example.org"
@@ -137,18 +136,9 @@ def test_stats_need_no_daemon_and_refilter_needs_the_lock(tmp_path):
     assert iceburgd("ingest", str(write_jsonl(tmp_path / "r.jsonl", chat_lines(4))), config=path).returncode == 0
     proc = spawn_daemon(path)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (cfg.lock_path.exists() and _held(cfg)):
-            time.sleep(0.05)
+        wait_until_running(cfg.db_path)
         assert iceburgd("data", "stats", config=path).returncode == 0
         assert iceburgd("data", "refilter", config=path).returncode == 3
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _held(cfg) -> bool:
-    code = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\ntry:\n    fcntl.flock(fd, fcntl.LOCK_EX |"
-            " fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)\n")
-    return subprocess.run([sys.executable, "-c", code, str(cfg.lock_path)]).returncode == 1
-
