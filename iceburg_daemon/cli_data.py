@@ -58,8 +58,11 @@ def _refilter(cfg: Config, *, as_json: bool) -> int:
         with store.transaction():
             generation = store.start_new_generation()
             store.add_event("refilter", "filter", time.time(), generation=generation)
+        chain = FilterChain(cfg, store, clock=time.time)
+        if chain.semantic is not None:
+            chain.semantic.rebuild()  # no accepted record is left, so this empties the vector index
         total = store.unfiltered_count()
-        judged = FilterChain(cfg, store, clock=time.time).run(progress=_progress(total, enabled=not as_json))
+        judged = chain.run(progress=_progress(total, enabled=not as_json))
     finally:
         store.close()
         lock.release()

@@ -27,6 +27,7 @@ from iceburg_daemon.quality.embed import EmbeddingError
 from iceburg_daemon.store import SourceHealth, Store
 
 log = get_logger("iceburgd.daemon")
+FILTER_BATCHES_PER_TICK = 4  # a long backlog is judged over several passes, so the heartbeat stays fresh
 
 
 class DataDirLock:
@@ -244,12 +245,15 @@ class Daemon:
 
     def filter_records(self) -> None:
         assert self.chain is not None
+        limit = self.cfg.quality.batch_size * FILTER_BATCHES_PER_TICK
         try:
-            judged = self.chain.run(should_stop=self.stopping.is_set)
+            judged = self.chain.run(should_stop=self.stopping.is_set, limit=limit)
         except Exception:  # noqa: BLE001 - a filter bug must not stop the loop; pending records wait for a fix
             log.exception("stage_failed", stage="filter")
             return
         self.metrics.count_verdicts(judged)
+        if sum(judged.values()) >= limit:
+            self.wake.set()  # more is waiting: beat the heartbeat, then go straight on
         if judged:
             accepted = sum(n for (_, verdict, _), n in judged.items() if verdict == "accept")
             log.info("records_filtered", accepted=accepted, rejected=sum(judged.values()) - accepted)

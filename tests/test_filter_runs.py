@@ -142,3 +142,25 @@ def test_stats_need_no_daemon_and_refilter_needs_the_lock(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_long_backlog_is_judged_over_several_passes(tmp_path):
+    path = write_config(tmp_path / "home", "[quality]\nbatch_size = 10\n")
+    cfg = load_config(path, env={})
+    ingest = iceburgd("ingest", str(write_jsonl(tmp_path / "x.jsonl", chat_lines(100, answer_bytes=400))),
+                      config=path, env={"ICEBURGD_QUALITY_ENABLED": "false"})
+    assert ingest.returncode == 0
+    daemon = Daemon(cfg)
+    daemon.open()
+    try:
+        daemon.tick()
+        assert daemon.store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 40
+        assert daemon.wake.is_set()  # the loop goes straight on, with a fresh heartbeat in between
+        assert daemon.store.heartbeat()["state"] == "running"
+        for _ in range(2):
+            daemon.wake.clear()
+            daemon.tick()
+        assert daemon.store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 100
+        assert not daemon.wake.is_set()
+    finally:
+        daemon.close()

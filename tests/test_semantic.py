@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from iceburg_daemon.chroma import VectorIndex
 from iceburg_daemon.config import load_config
 from iceburg_daemon.daemon import Daemon
 from iceburg_daemon.quality.embed import HashEmbedder
@@ -80,8 +81,6 @@ def test_a_corrupted_index_is_rebuilt_from_the_store(tmp_path):
 
 
 def test_collections_carry_model_and_dimension(tmp_path):
-    from iceburg_daemon.chroma import VectorIndex
-
     index = VectorIndex(tmp_path / "idx", "nomic-embed-text:latest", 768)
     assert index.collection_name("oracle") == "answers-oracle-nomic-embed-text-latest-768"
     vectors = HashEmbedder(384).embed(["one answer", "another answer"])
@@ -147,3 +146,20 @@ def test_ollama_down_does_not_stall_the_filter(tmp_path):
     assert [v["reason"] for v in verdicts] == [None] * 3
     assert all(json.loads(v["scores"])["semantic"] == "unavailable" for v in verdicts)
     assert time.monotonic() - started < 30
+
+
+def test_refilter_starts_the_vector_index_afresh(tmp_path):
+    path, cfg = _home(tmp_path)
+    originals = [chat_record(i, seed=8) for i in range(3)]
+    cfg.inbox_dir.mkdir(parents=True)
+    write_jsonl(cfg.inbox_dir / "a.jsonl", originals + [_paraphrase(originals[1], 4)])
+    Daemon(cfg).run(once=True)
+    res = iceburgd("data", "refilter", "--json", config=path)
+    assert res.returncode == 0 and json.loads(res.stdout)["accepted"] == 3
+    # The old vectors went with the old generation and the accepted answers were indexed again.
+    assert [v["reason"] for v in _verdicts(cfg)] == [None, None, None, "semantic_duplicate"]
+    from chromadb.api.client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()  # this process still caches the index the CLI child replaced
+    index = VectorIndex(cfg.index_dir, "hash-384", 384)
+    assert sum(index.count(role) for role in ("surveyor", "dissident", "synthesist", "oracle")) == 3
