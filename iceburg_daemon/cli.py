@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"iceburgd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--once", action="store_true", help="one pass over inbox and sources, then exit")
+    run.add_argument("--once", action="store_true", help="work until inbox, sources and filter are idle, then exit")
     status = sub.add_parser("status", help="is the daemon running, what does the store hold")
     status.add_argument("--json", action="store_true")
     ingest = sub.add_parser("ingest", help="ingest files in place (not moved), with the inbox's rules")

@@ -136,8 +136,13 @@ class Daemon:
             period = min(self.cfg.daemon.heartbeat_seconds, self.cfg.inbox.rescan_seconds or 1e9)
             while True:
                 self.tick()
-                if once or self.stopping.is_set():
+                if self.stopping.is_set():
                     break
+                if once:
+                    if not self.wake.is_set():
+                        break
+                    self.wake.clear()  # --once still finishes a backlog that needs several passes
+                    continue
                 self.wake.wait(timeout=min(period, self._settles_in or period))
                 self.wake.clear()
                 if self.stopping.is_set():
