@@ -84,10 +84,12 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    provider: Literal["none", "hash", "ollama"] = "none"
+    provider: Literal["none", "hash", "ollama", "onnx"] = "none"
     model: str = "nomic-embed-text"  # for ollama
     url: str = "http://127.0.0.1:11434"  # for ollama
     dim: int = 384  # for hash
+    onnx_model: str = ""  # for onnx: model.onnx path; "" = the one the `onnx` extra installs
+    onnx_tokenizer: str = ""  # for onnx: tokenizer.json path; "" = the one the `onnx` extra installs
 
 
 @dataclass(frozen=True)

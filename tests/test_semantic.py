@@ -163,3 +163,28 @@ def test_refilter_starts_the_vector_index_afresh(tmp_path):
     SharedSystemClient.clear_system_cache()  # this process still caches the index the CLI child replaced
     index = VectorIndex(cfg.index_dir, "hash-384", 384)
     assert sum(index.count(role) for role in ("surveyor", "dissident", "synthesist", "oracle")) == 3
+
+
+def test_onnx_minilm_embeds_offline_and_catches_a_real_paraphrase(tmp_path):
+    from iceburg_daemon.quality.embed import OnnxEmbedder
+
+    vectors = OnnxEmbedder().embed(["The cat sat on the mat.", "A cat was sitting on the mat.",
+                                    "Quarterly revenue fell by ten percent."])
+    sims = vectors @ vectors.T
+    assert vectors.shape == (3, 384) and sims[0, 1] > 0.85 and abs(sims[0, 2]) < 0.3
+    path, cfg = _home(tmp_path, "onnx")
+    a = {"messages": [{"role": "user", "content": "Why do leaves change colour in autumn?"}, {"role": "assistant",
+         "content": "As days shorten, trees stop producing chlorophyll, so the green fades and the yellow and "
+                    "orange carotenoids that were there all along become visible; some species also make red "
+                    "anthocyanins from sugars trapped in the leaf."}], "metadata": {"agent_type": "surveyor"}}
+    b = {"messages": [{"role": "user", "content": "What makes autumn foliage turn colours?"}, {"role": "assistant",
+         "content": "Shorter days make trees halt chlorophyll production. Once the green pigment breaks down, "
+                    "carotenoids (yellows and oranges) that were always present show through, and certain trees "
+                    "produce red anthocyanins from sugar caught in their leaves."}], "metadata": {"agent_type":
+                                                                                                  "surveyor"}}
+    cfg.inbox_dir.mkdir(parents=True)
+    write_jsonl(cfg.inbox_dir / "a.jsonl", [a, b])
+    Daemon(cfg).run(once=True)
+    verdicts = _verdicts(cfg)
+    assert [v["reason"] for v in verdicts] == [None, "semantic_duplicate"]
+    assert json.loads(verdicts[1]["scores"])["near_similarity"] < 0.2  # different words, same meaning

