@@ -39,6 +39,13 @@ def _verdicts(cfg):
     return [rows[k] for k in sorted(rows)]  # by file name, then line
 
 
+def _drop_and_run(cfg, name, records):
+    """Drop records into the inbox and let the daemon work until idle."""
+    cfg.inbox_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(cfg.inbox_dir / name, records)
+    Daemon(cfg).run(once=True)
+
+
 def _home(tmp_path, provider="hash", extra=""):
     # Templates off: a light paraphrase also shares its skeleton, and this file is about filter 8 alone.
     path = write_config(tmp_path / "home", f"[embedding]\nprovider = '{provider}'\n"
@@ -49,14 +56,11 @@ def _home(tmp_path, provider="hash", extra=""):
 def test_paraphrases_are_semantic_duplicates_within_and_across_batches(tmp_path):
     path, cfg = _home(tmp_path)
     originals = [chat_record(i, seed=3) for i in range(4)]
-    cfg.inbox_dir.mkdir(parents=True)
-    write_jsonl(cfg.inbox_dir / "a.jsonl", originals + [_paraphrase(originals[0], 1)])
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "a.jsonl", originals + [_paraphrase(originals[0], 1)])
     first = _verdicts(cfg)
     assert [v["reason"] for v in first] == [None, None, None, None, "semantic_duplicate"]
     assert first[4]["duplicate_of"] == first[0]["record_id"]  # caught inside one batch
-    write_jsonl(cfg.inbox_dir / "b.jsonl", [_paraphrase(originals[1], 2)])
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "b.jsonl", [_paraphrase(originals[1], 2)])
     later = _verdicts(cfg)[-1]
     assert later["reason"] == "semantic_duplicate" and later["duplicate_of"] == first[1]["record_id"]
     assert json.loads(later["scores"])["near_similarity"] < 0.8  # the near-duplicate filter alone missed it
@@ -65,14 +69,11 @@ def test_paraphrases_are_semantic_duplicates_within_and_across_batches(tmp_path)
 def test_a_corrupted_index_is_rebuilt_from_the_store(tmp_path):
     path, cfg = _home(tmp_path)
     originals = [chat_record(i, seed=4) for i in range(6)]
-    cfg.inbox_dir.mkdir(parents=True)
-    write_jsonl(cfg.inbox_dir / "a.jsonl", originals)
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "a.jsonl", originals)
     for f in cfg.index_dir.rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage" * 10)
-    write_jsonl(cfg.inbox_dir / "b.jsonl", [_paraphrase(originals[5], 3)])
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "b.jsonl", [_paraphrase(originals[5], 3)])
     verdicts = _verdicts(cfg)
     assert [v["reason"] for v in verdicts[:6]] == [None] * 6  # no verdict was lost or changed
     assert verdicts[6]["reason"] == "semantic_duplicate"
@@ -127,9 +128,7 @@ def test_ollama_embeddings_over_http(tmp_path, ollama):
     path, _ = _home(tmp_path, "ollama")
     cfg = load_config(path, env={"ICEBURGD_EMBEDDING_URL": json.dumps(ollama)})
     originals = [chat_record(i, seed=5) for i in range(3)]
-    cfg.inbox_dir.mkdir(parents=True)
-    write_jsonl(cfg.inbox_dir / "a.jsonl", originals + [_paraphrase(originals[2], 1)])
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "a.jsonl", originals + [_paraphrase(originals[2], 1)])
     assert [v["reason"] for v in _verdicts(cfg)] == [None, None, None, "semantic_duplicate"]
     assert _FakeOllama.calls >= 1
     assert any(p.name.startswith("chroma") for p in cfg.index_dir.iterdir())
@@ -138,10 +137,8 @@ def test_ollama_embeddings_over_http(tmp_path, ollama):
 def test_ollama_down_does_not_stall_the_filter(tmp_path):
     path, cfg = _home(tmp_path, "ollama")
     cfg = load_config(path, env={"ICEBURGD_EMBEDDING_URL": '"http://127.0.0.1:9"'})  # nothing listens there
-    cfg.inbox_dir.mkdir(parents=True)
-    write_jsonl(cfg.inbox_dir / "a.jsonl", [chat_record(i, seed=6) for i in range(3)])
     started = time.monotonic()
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "a.jsonl", [chat_record(i, seed=6) for i in range(3)])
     verdicts = _verdicts(cfg)
     assert [v["reason"] for v in verdicts] == [None] * 3
     assert all(json.loads(v["scores"])["semantic"] == "unavailable" for v in verdicts)
@@ -151,9 +148,7 @@ def test_ollama_down_does_not_stall_the_filter(tmp_path):
 def test_refilter_starts_the_vector_index_afresh(tmp_path):
     path, cfg = _home(tmp_path)
     originals = [chat_record(i, seed=8) for i in range(3)]
-    cfg.inbox_dir.mkdir(parents=True)
-    write_jsonl(cfg.inbox_dir / "a.jsonl", originals + [_paraphrase(originals[1], 4)])
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "a.jsonl", originals + [_paraphrase(originals[1], 4)])
     res = iceburgd("data", "refilter", "--json", config=path)
     assert res.returncode == 0 and json.loads(res.stdout)["accepted"] == 3
     # The old vectors went with the old generation and the accepted answers were indexed again.
@@ -182,9 +177,7 @@ def test_onnx_minilm_embeds_offline_and_catches_a_real_paraphrase(tmp_path):
                     "carotenoids (yellows and oranges) that were always present show through, and certain trees "
                     "produce red anthocyanins from sugar caught in their leaves."}], "metadata": {"agent_type":
                                                                                                   "surveyor"}}
-    cfg.inbox_dir.mkdir(parents=True)
-    write_jsonl(cfg.inbox_dir / "a.jsonl", [a, b])
-    Daemon(cfg).run(once=True)
+    _drop_and_run(cfg, "a.jsonl", [a, b])
     verdicts = _verdicts(cfg)
     assert [v["reason"] for v in verdicts] == [None, "semantic_duplicate"]
     assert json.loads(verdicts[1]["scores"])["near_similarity"] < 0.2  # different words, same meaning
