@@ -193,3 +193,33 @@ def test_vectorised_ngram_shares_match_the_definition():
         fast, slow = _ngram_shares(tokens), naive(tokens)
         for part in (0, 1):
             assert fast[part] == pytest.approx(slow[part])
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("key sk-proj-" + "a1B2" * 8, "openai_key"),
+    ("key sk-ant-api03-" + "x" * 40, "anthropic_key"),
+    ("AKIAIOSFODNN7EXAMPLE in the config", "aws_access_key"),
+    ("token ghp_" + "a" * 36, "github_token"),
+    ("token github_pat_" + "B" * 30, "github_token"),
+    ("slack xoxb-1234567890-abcdefghij", "slack_token"),
+    ("google AIza" + "C" * 35, "google_api_key"),
+    ("Authorization: Bearer " + "t0k3n" * 6, "bearer_token"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3ZhbHVl", "jwt"),
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "private_key"),
+    ("db postgres://admin:hunter2@db.internal/prod", "url_password"),
+    ("mail jane.doe@example.org please", "email"),
+    ("call +1 415-555-0132 or (415) 555-0199", "phone"),
+])
+def test_every_secret_kind_is_redacted(text, kind):
+    from iceburg_daemon.quality.secrets import may_hold_secrets, redact
+
+    assert may_hold_secrets(json.dumps(text))
+    redacted, found = redact(text)
+    assert found[kind] >= 1 and f"[REDACTED:{kind}]" in redacted
+
+
+def test_ordinary_numbers_and_words_are_not_secrets():
+    from iceburg_daemon.quality.secrets import redact
+
+    text = "In 2024, 1,000 people (ages 18-65) saw v3.11.7; 24.6 deaths per TWh; the task-force met at 10:30."
+    assert redact(text) == (text, Counter())
