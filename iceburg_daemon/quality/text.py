@@ -32,7 +32,7 @@ def prompt(record: dict[str, Any]) -> str:
 
 def normalise(text: str) -> str:
     """Case, accents-as-written, whitespace and punctuation folded: the key of exact duplicates."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()  # ASCII: same result
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
