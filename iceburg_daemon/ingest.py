@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from iceburg_daemon.errors import IngestError
 from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
-from iceburg_daemon.quality.secrets import may_hold_secrets, redact, redact_value
+from iceburg_daemon.quality.secrets import may_hold_secrets, redact_value
 from iceburg_daemon.readers import iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
 
@@ -129,7 +129,7 @@ def ingest_file(
 def _excerpt(value: Any) -> str:
     if isinstance(value, Reject):
         return ""  # the raw line is not kept for encoding/size/JSON errors: it may be binary or huge
-    text = redact(canonical_json(value))[0]
+    text = canonical_json(redact_value(value, Counter()))  # string by string: JSON escapes hide word boundaries
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
 
 

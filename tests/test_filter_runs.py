@@ -164,3 +164,17 @@ def test_a_long_backlog_is_judged_over_several_passes(tmp_path):
         assert not daemon.wake.is_set()
     finally:
         daemon.close()
+
+
+def test_quarantine_excerpts_never_hold_a_secret(tmp_path):
+    path = write_config(tmp_path / "home")
+    cfg = load_config(path, env={})
+    cfg.inbox_dir.mkdir(parents=True)
+    write_jsonl(cfg.inbox_dir / "bad.jsonl", [{"note": f"first line\n{KEY}", "contact": MAIL}])
+    Daemon(cfg).run(once=True)
+    store = Store.open_readonly(cfg.db_path)
+    (row,) = store.quarantined()
+    store.close()
+    assert row["reason"] == "unknown_format" and "[REDACTED:openai_key]" in row["excerpt"]
+    blob = _everything_written(cfg)
+    assert KEY.encode() not in blob and MAIL.encode() not in blob
