@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iceburg_daemon.config import Config
-from iceburg_daemon.errors import IngestError
 from iceburg_daemon.ingest import FileResult, ingest_file, quarantine_whole_file, register_file, write_rejects_file
-from iceburg_daemon.readers import file_kind
 from iceburg_daemon.store import FileState, Store
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
@@ -130,18 +128,14 @@ def process_claimed(
     progress: Callable[[int], None] | None = None,
 ) -> FileResult | None:
     """Ingest one claimed file to the end (or until asked to stop) and move it on. Safe to call again."""
-    unsupported = file_kind(path) is None
     row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
     if row["state"] == FileState.DONE.value or row["state"] == FileState.QUARANTINED.value:
         _move(path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
         return None
-    if unsupported:
-        result = FileResult(name=row["name"], file_id=row["id"])
-        result.failure = IngestError("unsupported_type", f"{row['name']}: the inbox takes *.jsonl, *.jsonl.gz, *.json")
-    else:
-        result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
-                             max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
-                             progress=progress)
+    # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
+    result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
+                         max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
+                         progress=progress)
     if result.failure is not None:
         target = cfg.quarantine_dir / path.name
         quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=clock())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +165,6 @@ def quarantine_whole_file(store: Store, result: FileResult, row: sqlite3.Row, fa
 def ingest_paths(cfg: Any, store: Store, paths: list[Path], *, progress: bool = False,
                  clock: Callable[[], float] | None = None) -> list[dict[str, Any]]:
     """`iceburgd ingest`: files ingested in place (never moved), same parsing, exactly-once and quarantine rules."""
-    import time
-
-    from iceburg_daemon.readers import file_kind
-
     clock = clock or time.time
     reports = []
     for path in paths:
@@ -183,12 +180,8 @@ def ingest_paths(cfg: Any, store: Store, paths: list[Path], *, progress: bool = 
             reports.append(report)
             continue
         with _progress_bar(path, enabled=progress) as advance:
-            if file_kind(path) is None:
-                result = FileResult(name=row["name"], file_id=row["id"])
-                result.failure = IngestError("unsupported_type", f"{path.name}: not *.jsonl, *.jsonl.gz or *.json")
-            else:
-                result = ingest_file(store, row, source="cli", batch_size=cfg.inbox.batch_size,
-                                     max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, progress=advance)
+            result = ingest_file(store, row, source="cli", batch_size=cfg.inbox.batch_size,
+                                 max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, progress=advance)
         if result.failure is not None:
             quarantine_whole_file(store, result, row, result.failure, source="cli", final_path=None, now=clock())
             report.update(outcome="quarantined", reason=result.failure.reason)

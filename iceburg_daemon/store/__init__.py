@@ -164,14 +164,18 @@ class Store(VerdictQueries):
     ) -> "BatchCounts":
         """Store a batch of lines and advance the file's resume point in one transaction."""
         with self.transaction():
-            counts = self.insert_records(records, now)
-            counts.quarantined.update(self.insert_rejections(rejections, now))
+            counts = self._insert_batch(records, rejections, now)
             self.conn.execute(
                 "UPDATE files SET byte_offset = ?, line_no = ?, stored = stored + ?, duplicates = duplicates + ?,"
                 " quarantined = quarantined + ? WHERE id = ?",
                 (byte_offset, line_no, counts.total_stored, counts.duplicates, sum(counts.quarantined.values()),
                  file_id),
             )
+        return counts
+
+    def _insert_batch(self, records: list[NewRecord], rejections: list[Rejection], now: float) -> "BatchCounts":
+        counts = self.insert_records(records, now)
+        counts.quarantined.update(self.insert_rejections(rejections, now))
         return counts
 
     def insert_records(self, records: list[NewRecord], now: float) -> "BatchCounts":
@@ -256,8 +260,7 @@ class Store(VerdictQueries):
     ) -> "BatchCounts":
         """Store a successful sync's new items and mark the source healthy, atomically."""
         with self.transaction():
-            counts = self.insert_records(records, now)
-            counts.quarantined.update(self.insert_rejections(rejections, now))
+            counts = self._insert_batch(records, rejections, now)
             self.conn.executemany(
                 "INSERT OR IGNORE INTO source_items(source, collection, item_id, content_hash) VALUES (?,?,?,?)",
                 [(name, c, i, h) for c, i, h in items],
