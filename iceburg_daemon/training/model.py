@@ -1,0 +1,84 @@
+"""Base model loading (local folder, imported GGUF, or Hugging Face cache), device choice, LoRA, the loss."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+class BaseUnavailable(Exception):
+    """The base model is neither a local folder nor in the Hugging Face cache (and downloads are off)."""
+
+
+def pick_device(requested: str) -> tuple[torch.device, torch.dtype]:
+    """auto: CUDA (bf16), else MPS (bf16 where the OS supports it, else fp32), else CPU (fp32)."""
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), torch.bfloat16
+    if requested in ("auto", "mps") and torch.backends.mps.is_available():
+        bf16 = torch.backends.mps.is_macos_or_newer(14, 0)
+        return torch.device("mps"), torch.bfloat16 if bf16 else torch.float32
+    if requested not in ("auto", "cpu"):
+        raise BaseUnavailable(f"device {requested!r} was requested but is not available on this machine")
+    return torch.device("cpu"), torch.float32
+
+
+def load_base(ref: str, *, allow_download: bool, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any, Path]:
+    """(model, tokenizer, folder). `ref` is a folder or a Hugging Face id; HF_HUB_OFFLINE is honoured."""
+    local = Path(ref).expanduser()
+    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    source = str(local) if local.is_dir() else ref
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline,
+                                                     attn_implementation=attn)
+    except (OSError, ValueError) as exc:
+        hint = ("import the default with `iceburgd base import-gguf --default`, point the role's base_model at a "
+                "local folder, or download it (`hf download " + ref + "`) or set [training] allow_download = true")
+        raise BaseUnavailable(f"base model {ref!r} is not available offline ({exc.__class__.__name__}): {hint}") from exc
+    folder = local if local.is_dir() else Path(getattr(model, "name_or_path", ref))
+    return model, tok, folder
+
+
+def weights_hash(model: Any) -> str:
+    """Identity of the base's weights (hash of every tensor's bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def add_lora(model: Any, params: dict[str, Any]) -> PeftModel:
+    config = LoraConfig(r=params["lora_r"], lora_alpha=params["lora_alpha"], lora_dropout=params["lora_dropout"],
+                        target_modules=list(params["target_modules"]), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def token_loss_sum(peft_model: Any, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
+                   chunk: int = 4096) -> torch.Tensor:
+    """Sum of cross-entropy over trained tokens only: the LM head runs on labelled positions, in chunks, so the
+    full (tokens x vocabulary) logits never exist. Packed rows are isolated by their restarting position_ids."""
+    causal_lm = peft_model.get_base_model()
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    mask = labels != -100
+    picked, targets = hidden[mask], labels[mask]
+    head = causal_lm.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        h, t = picked[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of keeping them
+            total = total + checkpoint(_chunk_loss, head, h, t, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(head, h, t)
+    return total
+
+
+def _chunk_loss(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
