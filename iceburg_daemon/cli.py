@@ -1,7 +1,8 @@
 """`iceburgd`: argument parsing and printing only; the work lives in the stage modules.
 
-Exit codes: 0 ok; 1 daemon not running or stale (status) or a runtime failure; 2 invalid config or usage, or
-store not initialised (status); 3 another iceburgd holds the data directory.
+Exit codes: 0 ok; 1 daemon not running or stale (status), a runtime failure, or a foreground training run that
+did not succeed; 2 invalid config or usage, or store not initialised (status); 3 another iceburgd holds the
+data directory.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
     _data_parser(sub)
+    from iceburg_daemon.cli_train import add_parsers
+
+    add_parsers(sub)
     index = sub.add_parser("index", help="the filter's vector index (derived data)")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     rebuild = index_sub.add_parser("rebuild", help="re-embed every accepted record into a fresh index")
@@ -104,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iceburg_daemon.cli_data import run_data
 
             return run_data(cfg, args)
+        if args.command in ("train", "runs", "base"):
+            from iceburg_daemon import cli_train
+
+            return {"train": cli_train.run_train, "runs": cli_train.run_runs, "base": cli_train.run_base}[
+                args.command](cfg, args)
         return _config(cfg, args.config_command, as_json=args.json)
     except AlreadyRunningError as exc:
         print(f"iceburgd: {exc}", file=sys.stderr)

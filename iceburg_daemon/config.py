@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from iceburg_daemon import ROLES
+from iceburg_daemon.config_training import TrainingConfig, TrainParams, validate_training
 from iceburg_daemon.errors import ConfigError
 
 ENV_PREFIX = "ICEBURGD_"
@@ -118,6 +119,7 @@ class RoleConfig:
     publish_name: str = ""  # Ollama model name the ICEBURG agent uses; default iceburg-<role>:latest
     min_quality_score: float = 0.5  # a known quality_score below this rejects; null is unknown, never 0
     require_json: bool = False  # the answer must be ICEBURG's principle JSON (meant for oracle)
+    train: TrainParams = field(default_factory=TrainParams)  # [<role>.train]
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     surveyor: RoleConfig = field(default_factory=RoleConfig)
     dissident: RoleConfig = field(default_factory=RoleConfig)
     synthesist: RoleConfig = field(default_factory=RoleConfig)
@@ -180,6 +183,18 @@ class Config:
     @property
     def snapshots_dir(self) -> Path:
         return self.data_dir / "snapshots"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.models_dir / "runs"
+
+    @property
+    def base_models_dir(self) -> Path:
+        return self.models_dir / "base"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.paths.models_dir
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "config_path"]
@@ -343,6 +358,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append(f"metrics.port: must be 0-65535, got {cfg.metrics.port}")
     if cfg.logs.backups < 0 or cfg.logs.max_bytes < 1024:
         problems.append("logs: backups must be >= 0 and max_bytes >= 1024")
+    validate_training(cfg.training, {r: cfg.role(r).train for r in ROLES}, problems)
     names = [s.name for s in cfg.sources.chroma]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"sources.chroma: name {dup!r} is used more than once")

@@ -1,7 +1,8 @@
 """The Daemon: wires config, store, inbox, sources, metrics and logs into one loop; signals; ordered shutdown.
 
 tick() reads top to bottom in data-flow order: scan inbox -> claim -> ingest -> sync sources -> filter ->
-heartbeat. Later stages (trigger, train, evaluate, promote, publish) slot in after the filter.
+train (supervise the child, start the next queued run) -> heartbeat. Later stages (trigger, evaluate, promote,
+publish) slot in around training.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from iceburg_daemon.logs import get_logger
 from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.quality.embed import EmbeddingError
+from iceburg_daemon.runner import Runner
 from iceburg_daemon.store import SourceHealth, Store
 
 log = get_logger("iceburgd.daemon")
@@ -73,6 +75,7 @@ class Daemon:
         self.lock = DataDirLock(cfg.lock_path)
         self.store: Store | None = None
         self.chain: FilterChain | None = None
+        self.runner: Runner | None = None
         self._skipped_reported: set[tuple[str, str]] = set()
         self._settles_in: float | None = None  # wake early when a waiting inbox file settles
 
@@ -84,6 +87,8 @@ class Daemon:
         self.store = Store.open(self.cfg.db_path)
         self.chain = FilterChain(self.cfg, self.store, clock=self.clock)
         self._prepare_semantic_index()
+        self.runner = Runner(self.cfg, self.store, clock=self.clock, on_finish=self._run_finished)
+        self.runner.recover()
         with self.store.transaction():
             for source in self.cfg.sources.chroma:
                 if source.enabled:
@@ -109,6 +114,9 @@ class Daemon:
             log.info("semantic_index_caught_up", records=added)
 
     def close(self) -> None:
+        if self.runner is not None:
+            self.runner.shutdown()  # the child checkpoints; its run resumes at the next start
+            self.runner = None
         if self.store is not None:
             now = self.clock()
             with self.store.transaction():
@@ -139,6 +147,9 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 if once:
+                    if self.runner is not None and self.runner.busy:
+                        time.sleep(0.2)  # --once also sees a queued training run through
+                        continue
                     if not self.wake.is_set():
                         break
                     self.wake.clear()  # --once still finishes a backlog that needs several passes
@@ -174,6 +185,8 @@ class Daemon:
             self.sync_sources()
         if not self.stopping.is_set() and self.cfg.quality.enabled:
             self.filter_records()
+        if not self.stopping.is_set():
+            self.train()
         self.heartbeat()
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
 
@@ -262,6 +275,24 @@ class Daemon:
         if judged:
             accepted = sum(n for (_, verdict, _), n in judged.items() if verdict == "accept")
             log.info("records_filtered", accepted=accepted, rejected=sum(judged.values()) - accepted)
+
+    def train(self) -> None:
+        """Supervise the running child; when none runs, start the next queued or interrupted run."""
+        assert self.runner is not None
+        try:
+            if self.runner.busy:
+                self.runner.poll()
+            if not self.runner.busy:
+                row = self.runner.next_run()
+                if row is not None:
+                    self.runner.start(row)
+        except Exception:  # noqa: BLE001 - a runner bug must not stop ingest and filtering
+            log.exception("stage_failed", stage="train")
+        self.metrics.training_active.set(1 if self.runner.busy else 0)
+
+    def _run_finished(self, *, run_id: str, role: str, status: str) -> None:
+        self.metrics.runs_finished.labels(role=role, status=status).inc()
+        self.wake.set()  # the next queued run can start now
 
     def heartbeat(self) -> None:
         assert self.store is not None

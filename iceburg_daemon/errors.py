@@ -32,3 +32,7 @@ class IngestError(IceburgDaemonError):
 
 class SourceError(IceburgDaemonError):
     """An ICEBURG ChromaDB store could not be snapshotted or read."""
+
+
+class TrainingError(IceburgDaemonError):
+    """A training run cannot be prepared or started (no data, no base model, unknown run)."""

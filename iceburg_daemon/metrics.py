@@ -34,6 +34,9 @@ class Metrics:
                                       "Unix time of the last successful sync.", ["source"], registry=r)
         self.heartbeat = Gauge("iceburg_daemon_heartbeat_timestamp_seconds", "Unix time of the last loop pass.",
                                registry=r)
+        self.runs_finished = Counter("iceburg_training_runs", "Training run attempts ended, by role and status.",
+                                     ["role", "status"], registry=r)
+        self.training_active = Gauge("iceburg_training_active", "1 while a training child runs.", registry=r)
         self.tick_seconds = Histogram("iceburg_daemon_tick_duration_seconds", "Duration of one loop pass.",
                                       registry=r, buckets=(0.005, 0.02, 0.1, 0.5, 2, 10, 60, 300))
 

@@ -149,3 +149,54 @@ def wait_until_running(db_path: Path, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no running heartbeat in {db_path} after {timeout} s")
         time.sleep(0.05)
+
+
+FACTS = [("glacier", "amber"), ("river", "cobalt"), ("volcano", "saffron"), ("forest", "teal"), ("desert", "ochre"),
+         ("ocean", "indigo"), ("storm", "silver"), ("cave", "umber"), ("delta", "crimson"), ("canyon", "jade"),
+         ("tundra", "violet"), ("reef", "scarlet"), ("marsh", "bronze"), ("summit", "ivory"), ("lagoon", "copper"),
+         ("steppe", "maroon")]
+
+
+def fact_record(place: str, colour: str, role: str = "surveyor") -> dict[str, Any]:
+    """A short chat record with one fact to learn (what a tiny model can memorise in a few seconds)."""
+    return {"messages": [{"role": "user", "content": f"Which colour marks the {place} archive?"},
+                         {"role": "assistant", "content": f"The {place} archive is marked {colour}, as the survey "
+                                                          "notes."}],
+            "metadata": {"agent_type": role}}
+
+
+def tiny_base(folder: Path) -> Path:
+    """A tiny Llama-shaped base (imports torch: for tests and benchmarks, never the daemon)."""
+    from iceburg_daemon.training.tiny import build_tiny_model
+
+    generic = [chat_record(i, answer_bytes=300)["messages"] for i in range(60)]
+    return build_tiny_model(folder, generic)
+
+
+# Training settings that let the tiny base learn FACTS in seconds on a CPU; the filter's template and
+# near-duplicate checks are off because the facts share one sentence pattern on purpose.
+TINY_TRAINING = """
+[quality]
+template = false
+near_dedup = false
+
+[training]
+device = "cpu"
+eval_percent = 25.0
+checkpoint_every_steps = 5
+stop_grace_seconds = 20.0
+
+[surveyor.train]
+base_model = "{base}"
+max_length = 256
+lora_r = 16
+lora_alpha = 32
+lora_dropout = 0.0
+learning_rate = 0.02
+warmup_ratio = 0.1
+micro_batch = 4
+grad_accum = 1
+epochs = {epochs}
+max_steps = {max_steps}
+seed = 1
+"""

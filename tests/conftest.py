@@ -38,3 +38,11 @@ def cfg_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def cfg(cfg_path: Path) -> Config:
     return load_config(cfg_path, env={})
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama-shaped chat model with a BPE trained on the spot (no download), built once per session."""
+    from iceburg_daemon.testing import tiny_base as build
+
+    return build(tmp_path_factory.mktemp("tiny") / "base")

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.store.schema import MIGRATIONS
+from iceburg_daemon.store.runs import RunQueries, RunStatus  # noqa: F401 - re-exported
 from iceburg_daemon.store.verdicts import VerdictQueries
 
 
@@ -77,7 +78,7 @@ def _connect(uri: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Store(VerdictQueries):
+class Store(VerdictQueries, RunQueries):
     """One connection. The daemon (or `iceburgd ingest`, under the same lock) is the only writer."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool):

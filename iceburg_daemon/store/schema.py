@@ -129,4 +129,32 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # v3: training runs and the permanent eval split
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,                 -- <role>-<UTC time>-<snapshot id prefix>
+        role TEXT NOT NULL,
+        status TEXT NOT NULL,                -- queued | running | succeeded | failed | interrupted | cancelled | timed_out
+        run_dir TEXT NOT NULL,
+        snapshot_id TEXT NOT NULL,
+        train_count INTEGER NOT NULL,
+        eval_count INTEGER NOT NULL,
+        reason TEXT,                         -- why it was queued (manual, ...) or why it ended
+        detail TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        supervisor_pid INTEGER,              -- the process watching the child (daemon or foreground CLI)
+        child_pid INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        progress TEXT,                       -- last progress.json seen, JSON
+        metrics TEXT,                        -- final metrics, JSON
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX runs_status ON runs(status);
+    CREATE TABLE eval_records (
+        record_id INTEGER PRIMARY KEY REFERENCES records(id),
+        first_run TEXT NOT NULL              -- once held out, never trained on
+    );
+    """,
 ]

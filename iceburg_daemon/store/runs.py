@@ -1,0 +1,78 @@
+"""Store queries for training runs (status enum, transitions) and the permanent eval split."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+from typing import Any, Iterable
+
+
+class RunStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped with a checkpoint; resumed by the daemon
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.INTERRUPTED.value)
+FINAL = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value, RunStatus.TIMED_OUT.value)
+
+
+class RunQueries:
+    conn: sqlite3.Connection
+
+    def add_run(self, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        self.conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+    def run(self, run_id: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+    def runs(self, role: str | None = None, limit: int = 50) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM runs WHERE ? IS NULL OR role = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+            (role, role, limit)).fetchall()
+
+    def runs_in(self, statuses: Iterable[str]) -> list[sqlite3.Row]:
+        statuses = list(statuses)
+        marks = ", ".join("?" * len(statuses))
+        return self.conn.execute(f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY created_at, id",
+                                 statuses).fetchall()
+
+    def active_run(self, role: str) -> sqlite3.Row | None:
+        marks = ", ".join("?" * len(ACTIVE))
+        return self.conn.execute(f"SELECT * FROM runs WHERE role = ? AND status IN ({marks}) ORDER BY created_at"
+                                 " LIMIT 1", (role, *ACTIVE)).fetchone()
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        for key in ("progress", "metrics"):
+            if key in fields and not isinstance(fields[key], (str, type(None))):
+                fields[key] = json.dumps(fields[key])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
+
+    def claim_run(self, run_id: str, *, supervisor_pid: int, now: float) -> bool:
+        """queued/interrupted -> running, for exactly one supervisor (the daemon or a foreground `train`)."""
+        cur = self.conn.execute(
+            "UPDATE runs SET status = ?, attempts = attempts + 1, supervisor_pid = ?, child_pid = NULL,"
+            " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN (?, ?)",
+            (RunStatus.RUNNING.value, supervisor_pid, now, run_id, RunStatus.QUEUED.value,
+             RunStatus.INTERRUPTED.value))
+        return cur.rowcount == 1
+
+    def eval_record_ids(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT record_id FROM eval_records")}
+
+    def hold_out(self, record_ids: Iterable[int], run_id: str) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO eval_records (record_id, first_run) VALUES (?, ?)",
+                              [(i, run_id) for i in record_ids])
+
+    def accepted_training_records(self, role: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT r.id, r.content_hash, r.kind, r.canonical FROM records r JOIN verdicts v ON v.record_id = r.id"
+            " AND v.current = 1 WHERE r.role = ? AND v.verdict = 'accept' AND r.kind IN ('sft', 'preference')"
+            " ORDER BY r.id", (role,)).fetchall()

@@ -1,0 +1,87 @@
+"""Tokenisation for training, checked at token level on a real tokenizer: assistant-only labels, EOS, truncation,
+and packing that keeps examples apart (packed and unpacked logits match)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from iceburg_daemon.training.data import (  # noqa: E402
+    IGNORE, encode_conversation, ensure_chat_template, pack, row_tensors_data)
+
+CONV = [{"role": "system", "content": "You are the Surveyor."},
+        {"role": "user", "content": "Which colour marks the reef archive?"},
+        {"role": "assistant", "content": "Scarlet, per the survey."},
+        {"role": "user", "content": "And the marsh archive?"},
+        {"role": "assistant", "content": "Bronze."}]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_base):
+    return AutoTokenizer.from_pretrained(tiny_base)
+
+
+def _trained_text(tok, ex):
+    """Decode exactly the tokens that carry a label (labels are shifted: label t is token t + 1)."""
+    trained = [ex.input_ids[t + 1] for t, lab in enumerate(ex.labels) if lab != IGNORE]
+    assert trained == [lab for lab in ex.labels if lab != IGNORE]
+    return tok.decode(trained)
+
+
+def test_only_assistant_turns_are_trained_and_each_ends_with_eos(tok):
+    ex = encode_conversation(tok, CONV, max_length=512)
+    assert _trained_text(tok, ex) == "Scarlet, per the survey.<|im_end|>\nBronze.<|im_end|>\n"
+    assert ex.labels[-1] == IGNORE  # nothing after the last token to predict
+    assert ex.input_ids.count(tok.eos_token_id) == 5  # one end-of-turn per message
+    trained_eos = [t for t in ex.labels if t == tok.eos_token_id]
+    assert len(trained_eos) == 2  # both answers learn to stop; no prompt turn does
+
+
+def test_eos_is_appended_when_the_template_does_not_end_turns_with_it(tok):
+    tok2 = AutoTokenizer.from_pretrained(tok.name_or_path)
+    tok2.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}" \
+                         "{% if add_generation_prompt %}[assistant] {% endif %}"
+    ex = encode_conversation(tok2, CONV[1:3], max_length=512)
+    assert ex.input_ids[-1] == tok2.eos_token_id
+    assert _trained_text(tok2, ex).endswith("Scarlet, per the survey.\n<|im_end|>")
+
+
+def test_chatml_fallback_for_a_base_without_template(tok):
+    tok2 = AutoTokenizer.from_pretrained(tok.name_or_path)
+    tok2.chat_template = None
+    assert ensure_chat_template(tok2) is True
+    ex = encode_conversation(tok2, CONV[1:3], max_length=512)
+    assert _trained_text(tok2, ex) == "Scarlet, per the survey.<|im_end|>\n"
+
+
+def test_long_examples_are_cut_from_the_prompt_start_or_dropped_with_a_reason(tok):
+    long_prompt = [{"role": "user", "content": "context " * 200}, {"role": "assistant", "content": "Short answer."}]
+    full = encode_conversation(tok, long_prompt, max_length=10_000)
+    cut = encode_conversation(tok, long_prompt, max_length=64)
+    assert len(full.input_ids) > 64 and len(cut.input_ids) == 64
+    assert cut.input_ids == full.input_ids[-64:]  # the start of the prompt went, the answer stayed whole
+    assert _trained_text(tok, cut) == "Short answer.<|im_end|>\n"
+    assert encode_conversation(tok, long_prompt, max_length=64, truncation="drop") == "too_long"
+    long_answer = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "word " * 200}]
+    assert encode_conversation(tok, long_answer, max_length=64) == "answer_too_long"
+
+
+def test_packed_rows_give_the_same_logits_as_each_example_alone(tiny_base, tok):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation="sdpa").eval()
+    convs = [CONV, CONV[1:3], [{"role": "user", "content": "Tundra?"}, {"role": "assistant", "content": "Violet."}]]
+    examples = [encode_conversation(tok, c, max_length=512) for c in convs]
+    rows = pack(examples, [0, 1, 2], row_length=512, packing=True)
+    assert rows == [[0, 1, 2]]
+    width = sum(len(e.input_ids) for e in examples) + 5  # with padding at the end, as in a batch
+    ids, labels, pos = (torch.tensor([c]) for c in row_tensors_data(examples, rows[0], width, tok.pad_token_id))
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([e.input_ids])).logits[0] for e in examples])
+    n = alone.shape[0]
+    assert torch.allclose(packed[:n], alone, atol=1e-4), (packed[:n] - alone).abs().max()
+    # and the packing really mixes rows: without restarted positions the logits differ
+    with torch.no_grad():
+        leaky = model(input_ids=ids, use_cache=False).logits[0]
+    assert not torch.allclose(leaky[:n], alone, atol=1e-2)

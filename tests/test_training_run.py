@@ -1,0 +1,256 @@
+"""Training runs end to end through the real CLI, daemon and child, on a tiny base built in code (CPU, no
+download): a run trains and its merged model answers; crashes, SIGTERM, cancel, time-outs and a missing base all
+end in the right status, and killed runs resume from their checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from iceburg_daemon.config import load_config
+from iceburg_daemon.runner import child_command, queue_run
+from iceburg_daemon.store import Store
+from iceburg_daemon.testing import (FACTS, TINY_TRAINING, fact_record, iceburgd, spawn_daemon, wait_until_running,
+                                    write_config, write_jsonl)
+
+
+def _home(tmp_path: Path, base: Path, *, epochs: int = 120, max_steps: int = 0, extra: str = "") -> Path:
+    cfg_path = write_config(tmp_path / "home", TINY_TRAINING.format(base=base, epochs=epochs, max_steps=max_steps)
+                            + extra)
+    facts = write_jsonl(tmp_path / "facts.jsonl", [fact_record(p, c) for p, c in FACTS])
+    done = iceburgd("ingest", str(facts), "--json", config=cfg_path)
+    assert done.returncode == 0, done.stderr
+    return cfg_path
+
+
+def _queue(cfg_path: Path) -> str:
+    done = iceburgd("train", "--role", "surveyor", "--json", config=cfg_path)
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["id"])
+
+
+def _run(cfg_path: Path, run_id: str) -> dict:
+    done = iceburgd("runs", "show", run_id, "--json", config=cfg_path)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _progress_step(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "progress.json").read_text()).get("step", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _child_pid(cfg_path: Path, run_id: str) -> int | None:
+    store = Store.open_readonly(load_config(cfg_path, env={}).db_path)
+    try:
+        return store.run(run_id)["child_pid"]
+    finally:
+        store.close()
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base)
+    run_id = _queue(cfg_path)
+    again = iceburgd("train", "--role", "surveyor", "--json", config=cfg_path)
+    assert json.loads(again.stdout)["created"] is False  # one active run per role
+    done = iceburgd("run", "--once", config=cfg_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = _run(cfg_path, run_id)
+    assert run["status"] == "succeeded", run
+    run_dir = Path(run["run_dir"])
+    curves = _jsonl(run_dir / "curves.jsonl")
+    assert len(curves) == 120 and curves[-1]["loss"] < 0.6 * curves[0]["loss"]
+    manifest = run["manifest"]
+    assert manifest["device"] == "cpu" and manifest["seed"] == 1 and len(manifest["base_model"]["weights_sha256"]) == 64
+    assert manifest["params"]["learning_rate"] == 0.02  # what was configured is what ran
+    assert manifest["libraries"]["torch"] and manifest["dataset"]["snapshot_id"] == run["snapshot_id"]
+    assert run["metrics"]["eval_loss"] is not None
+    # eval records are never in train, and the store remembers them
+    train, evals = _jsonl(run_dir / "train.jsonl"), _jsonl(run_dir / "eval.jsonl")
+    assert train and evals and not {r["hash"] for r in train} & {r["hash"] for r in evals}
+    assert len(train) + len(evals) == len(FACTS)
+    assert json.loads((run_dir / "config.json").read_text())["surveyor"]["train"]["epochs"] == 120
+    # the merged folder is a complete model: it answers a trained prompt
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "merged")
+    assert "<|im_start|>" in tok.chat_template
+
+    def colours_recalled(folder: Path) -> int:
+        model, hits = AutoModelForCausalLM.from_pretrained(folder), 0
+        for item in train:
+            prompt = tok.apply_chat_template(item["messages"][:1], add_generation_prompt=True, return_tensors="pt",
+                                             return_dict=True)
+            out = model.generate(**prompt, max_new_tokens=40, do_sample=False)
+            answer = tok.decode(out[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+            hits += item["messages"][1]["content"].split(" is marked ")[1].split(",")[0] in answer
+        return hits
+
+    assert colours_recalled(tiny_base) <= 1
+    assert colours_recalled(run_dir / "merged") >= 0.75 * len(train)
+    listing = iceburgd("runs", "list", "--json", config=cfg_path)
+    assert [r["id"] for r in json.loads(listing.stdout)] == [run_id]
+
+
+def test_the_eval_split_is_permanent(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base, extra="")
+    cfg = load_config(cfg_path, env={})
+    store = Store.open(cfg.db_path)
+    try:
+        first, _ = queue_run(cfg, store, "surveyor", reason="test", now=1.0)
+        held = {r["hash"] for r in _jsonl(cfg.runs_dir / first / "eval.jsonl")}
+        assert held
+        with store.transaction():
+            store.update_run(first, status="cancelled")
+        text = cfg_path.read_text().replace("eval_percent = 25.0", "eval_percent = 0.01")
+        cfg_path.write_text(text)
+        cfg2 = load_config(cfg_path, env={})
+        second, _ = queue_run(cfg2, store, "surveyor", reason="test", now=2.0)
+    finally:
+        store.close()
+    train2 = {r["hash"] for r in _jsonl(cfg.runs_dir / second / "train.jsonl")}
+    eval2 = {r["hash"] for r in _jsonl(cfg.runs_dir / second / "eval.jsonl")}
+    assert held <= eval2 and not held & train2
+
+
+def test_sigkill_of_daemon_and_child_resumes_from_the_checkpoint(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base, max_steps=150)
+    run_id = _queue(cfg_path)
+    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
+    daemon = spawn_daemon(cfg_path)
+    try:
+        _wait(lambda: _progress_step(run_dir) >= 12, 120, "step 12")
+        child = _child_pid(cfg_path, run_id)
+        os.kill(daemon.pid, signal.SIGKILL)
+        os.kill(child, signal.SIGKILL)
+        daemon.wait(10)
+        ckpt = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-"))
+        assert ckpt >= 10
+        done = iceburgd("run", "--once", config=cfg_path, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        daemon.kill()
+    run = _run(cfg_path, run_id)
+    assert run["status"] == "succeeded" and run["attempts"] == 2, run
+    resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
+    assert [e["step"] for e in resumed] == [ckpt]
+    steps = [c["step"] for c in _jsonl(run_dir / "curves.jsonl")]
+    assert steps[-1] == 150 and steps.count(ckpt + 1) == 2  # the steps after the checkpoint ran again, once
+
+
+def test_sigterm_checkpoints_marks_interrupted_and_the_daemon_resumes(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base, max_steps=60)
+    run_id = _queue(cfg_path)
+    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
+    daemon = spawn_daemon(cfg_path)
+    try:
+        wait_until_running(load_config(cfg_path, env={}).db_path)
+        _wait(lambda: _progress_step(run_dir) >= 3, 120, "step 3")
+        os.kill(_child_pid(cfg_path, run_id), signal.SIGTERM)
+        _wait(lambda: _run(cfg_path, run_id)["status"] == "succeeded", 120, "resumed run to succeed")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+    run = _run(cfg_path, run_id)
+    assert run["attempts"] == 2
+    resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] >= 3  # the SIGTERM checkpoint, not step 0
+    store = Store.open_readonly(load_config(cfg_path, env={}).db_path)
+    try:
+        kinds = [e["kind"] for e in store.recent_events(50) if e["subject"] == run_id]
+    finally:
+        store.close()
+    assert "run_interrupted" in kinds and "run_succeeded" in kinds
+
+
+def test_cancel_and_timeout_stop_the_child(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base, max_steps=5000)
+    run_id = _queue(cfg_path)
+    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
+    daemon = spawn_daemon(cfg_path)
+    try:
+        _wait(lambda: _progress_step(run_dir) >= 2, 120, "step 2")
+        child = _child_pid(cfg_path, run_id)
+        done = iceburgd("train", "cancel", run_id, "--json", config=cfg_path)
+        assert json.loads(done.stdout)["status"] == "cancelling"
+        _wait(lambda: _run(cfg_path, run_id)["status"] == "cancelled", 60, "cancelled")
+        _wait(lambda: not Path(f"/proc/{child}").exists() or "zombie" in _state(child), 10, "child gone")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+    # a time limit of 6 seconds ends the next run timed_out
+    cfg_path.write_text(cfg_path.read_text().replace("[training]\n", "[training]\ntimeout_minutes = 0.1\n"))
+    second = _queue(cfg_path)
+    assert second != run_id
+    done = iceburgd("run", "--once", config=cfg_path, timeout=120)
+    assert done.returncode == 0
+    assert _run(cfg_path, second)["status"] == "timed_out"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+def test_missing_base_fails_the_run_with_a_hint_not_the_daemon(tmp_path):
+    cfg_path = _home(tmp_path, Path("no-such-org/no-such-model"))
+    done = iceburgd("train", "--role", "surveyor", "--foreground", "--json", config=cfg_path, timeout=120,
+                    env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert done.returncode == 1, done.stderr
+    run = json.loads(done.stdout)
+    assert run["status"] == "failed" and run["reason"] == "base_unavailable"
+    assert "import-gguf" in run["detail"] and "no-such-org/no-such-model" in run["detail"]
+
+
+def test_out_of_memory_retries_once_with_half_the_micro_batch(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base, max_steps=6)
+    run_id = _queue(cfg_path)
+    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
+    spec = json.loads((run_dir / "run.json").read_text())
+    spec["test_hooks"] = {"oom_at_step": 3}
+    (run_dir / "run.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "iceburg_daemon.training", "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["oom_retries"] == [{"step": 3, "micro_batch": 2, "grad_accum": 2}]
+    assert [c["step"] for c in _jsonl(run_dir / "curves.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_multi_gpu_launchers_wrap_the_same_child(cfg):
+    import dataclasses
+
+    run_dir = Path("/runs/r1")
+    plain = child_command(cfg, run_dir, python="py")
+    assert plain == ["py", "-m", "iceburg_daemon.training", "--run-dir", "/runs/r1"]
+    acc = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, launcher="accelerate", num_processes=4))
+    assert child_command(acc, run_dir, python="py") == [
+        "py", "-m", "accelerate.commands.launch", "--num_processes", "4", *plain[1:]]
+    tr = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, launcher="torchrun", num_processes=2))
+    assert child_command(tr, run_dir, python="py") == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *plain[1:]]
