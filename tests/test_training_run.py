@@ -254,3 +254,23 @@ def test_multi_gpu_launchers_wrap_the_same_child(cfg):
     tr = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, launcher="torchrun", num_processes=2))
     assert child_command(tr, run_dir, python="py") == [
         "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *plain[1:]]
+
+
+def test_dpo_follows_sft_when_the_role_has_enough_preference_pairs(tmp_path, tiny_base):
+    cfg_path = _home(tmp_path, tiny_base, max_steps=10, extra="dpo_min_pairs = 4\ndpo_learning_rate = 0.001\n")
+    pairs = [{"prompt": f"Which colour marks the {p} archive?", "chosen": f"The {p} archive is marked {c}.",
+              "rejected": f"I do not know anything about the {p} archive, sorry.",
+              "metadata": {"agent_type": "surveyor"}} for p, c in FACTS]
+    done = iceburgd("ingest", str(write_jsonl(tmp_path / "pairs.jsonl", pairs)), config=cfg_path)
+    assert done.returncode == 0, done.stderr
+    run_id = _queue(cfg_path)
+    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
+    snapshot = json.loads((run_dir / "snapshot.json").read_text())
+    assert snapshot["preference_count"] >= 4 and snapshot["preference_eval_count"] >= 1
+    done = iceburgd("run", "--once", config=cfg_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = _run(cfg_path, run_id)
+    assert run["status"] == "succeeded", (run, (run_dir / "child.log").read_text()[-3000:])
+    final = run["manifest"]["final"]
+    assert final["dpo_pairs"] == snapshot["preference_count"] and final["dpo_steps"] >= 1
+    assert final["dpo_train_loss"] > 0

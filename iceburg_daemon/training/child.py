@@ -50,6 +50,7 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     import torch.distributed as dist
 
     from iceburg_daemon.training import data, export, model as models
+    from iceburg_daemon.training.dpo import load_pairs, train_dpo
     from iceburg_daemon.training.progress import Progress
     from iceburg_daemon.training.sft import Settings, Trainer
 
@@ -97,9 +98,18 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     if outcome == "interrupted":
         progress.update(phase="interrupted")
         return EXIT_INTERRUPTED
+    dpo_metrics: dict[str, Any] = {}
+    pairs = load_pairs(run_dir / "preference.jsonl")
+    if len(pairs) >= params["dpo_min_pairs"]:
+        progress.update(phase="dpo", pairs=len(pairs))
+        dpo_metrics = train_dpo(peft_model, tok, pairs, params, run_dir, device, dtype, lambda: stop.requested,
+                                lambda logs: progress.update(phase="dpo", **logs))
+        if dpo_metrics.pop("interrupted"):
+            progress.update(phase="interrupted")
+            return EXIT_INTERRUPTED  # the resumed run redoes DPO from the final SFT checkpoint
     if rank0:
         progress.update(phase="evaluating")
-        metrics = export.eval_losses(peft_model, evals.examples, device, pad_id)
+        metrics = {**export.eval_losses(peft_model, evals.examples, device, pad_id), **dpo_metrics}
         progress.update(phase="exporting")
         export.write_outputs(run_dir, spec, peft_model, tok, folder, trainer, metrics, report, device, dtype)
         progress.update(phase="done", finished_at=time.time(), metrics=metrics)
