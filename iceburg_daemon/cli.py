@@ -217,7 +217,11 @@ def _as_toml(data: dict[str, Any]) -> str:
             continue
         lines.append(f"\n[{section}]")
         tables = {k: v for k, v in values.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in tables)
+        subtables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in tables and k not in subtables)
+        for key, sub in subtables.items():  # [role.train]
+            lines.append(f"\n[{section}.{key}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in sub.items())
         for key, items in tables.items():  # arrays of tables last, or later keys would land inside them
             for item in items:
                 lines.append(f"\n[[{section}.{key}]]")

@@ -45,6 +45,7 @@ class TrainParams:
     max_grad_norm: float = 1.0
     seed: int = 42
     attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
+    compile_layers: bool = False  # torch.compile each decoder layer (CUDA: 1.6x on an H200, ~1 min to compile)
     dpo_min_pairs: int = 50  # DPO after SFT when the role has at least this many preference pairs
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 5e-6

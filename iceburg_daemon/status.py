@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -59,6 +60,7 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
                          "failures": s["failures"], "items": s["items"], "last_sync": s["last_sync"],
                          "next_attempt": s["next_attempt"]} for s in store.sources()],
+            "runs": [_run_line(r) for r in store.runs(limit=5)],
             "events": [{"ts": e["ts"], "kind": e["kind"], "subject": e["subject"]} for e in store.recent_events(8)],
         }
     finally:
@@ -71,6 +73,14 @@ def _verdicts(store: Store) -> dict[str, Any]:
         entry = roles.setdefault(row["role"], {"accepted": 0, "rejected": 0})
         entry["accepted" if row["verdict"] == "accept" else "rejected"] += row["n"]
     return {"roles": roles, "unfiltered": store.unfiltered_count()}
+
+
+def _run_line(row: Any) -> dict[str, Any]:
+    progress = json.loads(row["progress"]) if row["progress"] else {}
+    metrics = json.loads(row["metrics"]) if row["metrics"] else {}
+    return {"id": row["id"], "role": row["role"], "status": row["status"], "phase": progress.get("phase"),
+            "step": progress.get("step"), "total": progress.get("total"), "eta_s": progress.get("eta_s"),
+            "loss": progress.get("loss"), "eval_loss": metrics.get("eval_loss"), "reason": row["reason"]}
 
 
 def exit_code(snapshot: dict[str, Any]) -> int:
@@ -115,10 +125,21 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
         last = "-" if s["last_sync"] is None else f"{now - s['last_sync']:.0f}s ago"
         style = "green" if s["health"] == "healthy" else "red" if s["health"] == "unhealthy" else ""
         sources.add_row(s["name"], Text(s["health"], style=style), str(s["items"]), last, (s["reason"] or "")[:80])
+    runs = Table(title="training runs", title_justify="left")
+    for col in ("run", "status", "progress", "loss", "eval loss", "reason"):
+        runs.add_column(col)
+    for r in snapshot["runs"]:
+        step = f"{r['step']}/{r['total']}" if r["step"] is not None else (r["phase"] or "-")
+        eta = f" eta {r['eta_s']:.0f}s" if r["status"] == "running" and r["eta_s"] is not None else ""
+        runs.add_row(r["id"], r["status"], step + eta, _num(r["loss"]), _num(r["eval_loss"]), r["reason"] or "")
     events = Table(title="recent events", title_justify="left")
     events.add_column("age")
     events.add_column("event")
     events.add_column("subject")
     for e in snapshot["events"]:
         events.add_row(f"{now - e['ts']:.0f}s", e["kind"], e["subject"][:60])
-    return Group(head, inbox_line, records, quarantine, sources, events)
+    return Group(head, inbox_line, records, quarantine, sources, runs, events)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

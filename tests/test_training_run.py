@@ -113,6 +113,12 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     assert colours_recalled(run_dir / "merged") >= 0.75 * len(train)
     listing = iceburgd("runs", "list", "--json", config=cfg_path)
     assert [r["id"] for r in json.loads(listing.stdout)] == [run_id]
+    status = json.loads(iceburgd("status", "--json", config=cfg_path).stdout)
+    assert status["runs"][0]["id"] == run_id and status["runs"][0]["step"] == 120
+    table = iceburgd("status", config=cfg_path, env={"COLUMNS": "200"})
+    assert run_id in table.stdout and "succeeded" in table.stdout
+    text = iceburgd("runs", "list", config=cfg_path)
+    assert f"{run_id}  succeeded   step 120/120" in text.stdout
 
 
 def test_the_eval_split_is_permanent(tmp_path, tiny_base):

@@ -64,7 +64,9 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     progress.update(phase="loading_base", device=str(device), dtype=str(dtype).removeprefix("torch."))
-    base, tok, folder = models.load_base(spec["base_model"], allow_download=training["allow_download"], dtype=dtype)
+    attn = models.pick_attention(params.get("attn_implementation", "auto"), device)
+    base, tok, folder = models.load_base(spec["base_model"], allow_download=training["allow_download"], dtype=dtype,
+                                         attn=attn)
     fallback_template = data.ensure_chat_template(tok)
     if fallback_template:
         base.resize_token_embeddings(len(tok))
@@ -81,6 +83,9 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
         _write_json(run_dir / "error.json", {"reason": "no_trainable_examples", "message": json.dumps(report)})
         return EXIT_NO_DATA
     peft_model = models.add_lora(base, params).to(device)
+    if params.get("compile_layers"):
+        for layer in peft_model.get_base_model().get_decoder().layers:
+            layer.compile()  # regional: one compiled graph reused by every layer
     settings = Settings(
         micro_batch=params["micro_batch"], grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
         warmup_ratio=params["warmup_ratio"], epochs=params["epochs"], max_steps=params["max_steps"],

@@ -29,6 +29,16 @@ def pick_device(requested: str) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def pick_attention(requested: str, device: torch.device) -> str:
+    """auto: flex_attention on CUDA (Ampere or newer: packed rows isolated block-sparsely, 1.5x sdpa with an
+    explicit mask on an H200), sdpa elsewhere (it takes the packed block mask on CPU and MPS)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "flex_attention"
+    return "sdpa"
+
+
 def load_base(ref: str, *, allow_download: bool, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder). `ref` is a folder or a Hugging Face id; HF_HUB_OFFLINE is honoured."""
     local = Path(ref).expanduser()
