@@ -21,9 +21,12 @@ from iceburg_daemon.testing import (FACTS, TINY_TRAINING, fact_record, iceburgd,
                                     write_config, write_jsonl)
 
 
-def _home(tmp_path: Path, base: Path, *, epochs: int = 120, max_steps: int = 0, extra: str = "") -> Path:
-    cfg_path = write_config(tmp_path / "home", TINY_TRAINING.format(base=base, epochs=epochs, max_steps=max_steps)
-                            + extra)
+def _home(tmp_path: Path, base: Path, *, epochs: int = 120, max_steps: int = 0, extra: str = "",
+          training: str = "") -> Path:
+    """A daemon home with the FACTS ingested; `extra` lands in [surveyor.train], `training` in [training]."""
+    text = TINY_TRAINING.format(base=base, epochs=epochs, max_steps=max_steps).replace(
+        "[training]\n", "[training]\n" + training)
+    cfg_path = write_config(tmp_path / "home", text + extra)
     facts = write_jsonl(tmp_path / "facts.jsonl", [fact_record(p, c) for p, c in FACTS])
     done = iceburgd("ingest", str(facts), "--json", config=cfg_path)
     assert done.returncode == 0, done.stderr
@@ -280,3 +283,21 @@ def test_dpo_follows_sft_when_the_role_has_enough_preference_pairs(tmp_path, tin
     final = run["manifest"]["final"]
     assert final["dpo_pairs"] == snapshot["preference_count"] and final["dpo_steps"] >= 1
     assert final["dpo_train_loss"] > 0
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_matches_one_process(tmp_path, tiny_base):
+    """The distributed path (each rank its share of a step's rows, LoRA gradients all-reduced) gives the same
+    losses as one process: gloo on CPU stands in for NCCL."""
+    curves = {}
+    for launcher, n in (("python", 1), ("torchrun", 2)):
+        home = tmp_path / launcher
+        cfg_path = _home(home, tiny_base, max_steps=4, training=f'launcher = "{launcher}"\nnum_processes = {n}\n')
+        run_id = _queue(cfg_path)
+        done = iceburgd("run", "--once", config=cfg_path, timeout=300)
+        assert done.returncode == 0, done.stderr
+        run = _run(cfg_path, run_id)
+        assert run["status"] == "succeeded", (Path(run["run_dir"]) / "child.log").read_text()[-2000:]
+        curves[launcher] = [c["loss"] for c in _jsonl(Path(run["run_dir"]) / "curves.jsonl")]
+    assert len(curves["torchrun"]) == 4
+    assert curves["torchrun"] == pytest.approx(curves["python"], rel=1e-4)

@@ -101,7 +101,7 @@ class Trainer:
         started, done_tokens = time.monotonic(), 0
         self.model.train()
         for g in range(start, total):
-            if self.should_stop():
+            if self._stop_requested():
                 self.save()
                 return "interrupted"
             t0 = time.monotonic()
@@ -123,6 +123,15 @@ class Trainer:
                 last_ckpt = time.monotonic()
         self.save()  # the final state too: a kill during export resumes straight to the export
         return "succeeded"
+
+    def _stop_requested(self) -> bool:
+        """Every rank stops at the same step (a rank that left alone would hang the others' all-reduce)."""
+        stop = self.should_stop()
+        if self.world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
     def _epoch_of(self, g: int) -> float:
         return round(self.s.epochs * (g + 1) / len(self.plan), 3) if self.s.max_steps <= 0 else 0.0
