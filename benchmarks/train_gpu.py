@@ -141,7 +141,7 @@ def isolation(attn: str) -> dict[str, float]:
     scale = alone.abs().max().item()
     result = {"max_abs_diff_packed_vs_alone": (packed - alone).abs().max().item(), "hidden_scale": scale,
               "neighbour_change_max_diff": (packed2[n0:] - packed[n0:]).abs().max().item()}
-    del model
+    model.cpu()  # free the GPU for the next variant
     torch.cuda.empty_cache()
     return result
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from iceburg_daemon.config import Config
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.inbox import pending, scan
+from iceburg_daemon.runner import pid_alive
 from iceburg_daemon.store import Store
 
 EXIT_HEALTHY, EXIT_NOT_RUNNING, EXIT_NOT_INITIALISED = 0, 1, 2
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def collect(cfg: Config, *, now: float) -> dict[str, Any]:
@@ -37,8 +27,8 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             age, pid = now - beat["ts"], beat["pid"]
             if beat["state"] == "stopped":
                 state = "stopped"
-            elif not _pid_alive(pid) or age > cfg.daemon.stale_after_seconds:
-                state = "dead" if not _pid_alive(pid) else "stale"
+            elif not pid_alive(pid) or age > cfg.daemon.stale_after_seconds:
+                state = "dead" if not pid_alive(pid) else "stale"
             else:
                 state = "running"
         found = scan(cfg.inbox_dir, now=now, settle_seconds=cfg.inbox.settle_seconds)

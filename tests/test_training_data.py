@@ -52,8 +52,10 @@ def test_chatml_fallback_for_a_base_without_template(tok):
     tok2 = AutoTokenizer.from_pretrained(tok.name_or_path)
     tok2.chat_template = None
     assert ensure_chat_template(tok2) is True
+    assert ensure_chat_template(tok2) is False  # only once
     ex = encode_conversation(tok2, CONV[1:3], max_length=512)
     assert _trained_text(tok2, ex) == "Scarlet, per the survey.<|im_end|>\n"
+    assert len(tok2) == len(tok)  # no new tokens whose embeddings LoRA could not train
 
 
 def test_long_examples_are_cut_from_the_prompt_start_or_dropped_with_a_reason(tok):

@@ -4,6 +4,8 @@ end in the right status, and killed runs resume from their checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -17,8 +19,7 @@ import pytest
 from iceburg_daemon.config import load_config
 from iceburg_daemon.runner import child_command, queue_run
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import (FACTS, TINY_TRAINING, fact_record, iceburgd, spawn_daemon, wait_until_running,
-                                    write_config, write_jsonl)
+from iceburg_daemon.testing import FACTS, TINY_TRAINING, fact_record, iceburgd, spawn_daemon, write_config, write_jsonl
 
 
 def _home(tmp_path: Path, base: Path, *, epochs: int = 120, max_steps: int = 0, extra: str = "",
@@ -62,6 +63,26 @@ def _progress_step(run_dir: Path) -> int:
         return 0
 
 
+@contextlib.contextmanager
+def _training_daemon(tmp_path: Path, base: Path, *, max_steps: int, at_step: int):
+    """A queued run and a daemon training it, yielded once the run has passed `at_step`; the daemon is stopped
+    (SIGTERM, or SIGKILL if it is still there) afterwards."""
+    cfg_path = _home(tmp_path, base, max_steps=max_steps)
+    run_id = _queue(cfg_path)
+    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
+    daemon = spawn_daemon(cfg_path)
+    try:
+        _wait(lambda: _progress_step(run_dir) >= at_step, 120, f"step {at_step}")
+        yield cfg_path, run_id, run_dir, daemon
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+
+
 def _child_pid(cfg_path: Path, run_id: str) -> int | None:
     store = Store.open_readonly(load_config(cfg_path, env={}).db_path)
     try:
@@ -87,7 +108,9 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     curves = _jsonl(run_dir / "curves.jsonl")
     assert len(curves) == 120 and curves[-1]["loss"] < 0.6 * curves[0]["loss"]
     manifest = run["manifest"]
-    assert manifest["device"] == "cpu" and manifest["seed"] == 1 and len(manifest["base_model"]["weights_sha256"]) == 64
+    assert manifest["device"] == "cpu" and manifest["seed"] == 1
+    weights = hashlib.sha256(b"model.safetensors" + (tiny_base / "model.safetensors").read_bytes()).hexdigest()
+    assert manifest["base_model"] == {"ref": str(tiny_base), "path": str(tiny_base), "weights_sha256": weights}
     assert manifest["params"]["learning_rate"] == 0.02  # what was configured is what ran
     assert manifest["libraries"]["torch"] and manifest["dataset"]["snapshot_id"] == run["snapshot_id"]
     assert run["metrics"]["eval_loss"] is not None
@@ -146,22 +169,15 @@ def test_the_eval_split_is_permanent(tmp_path, tiny_base):
 
 
 def test_sigkill_of_daemon_and_child_resumes_from_the_checkpoint(tmp_path, tiny_base):
-    cfg_path = _home(tmp_path, tiny_base, max_steps=150)
-    run_id = _queue(cfg_path)
-    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
-    daemon = spawn_daemon(cfg_path)
-    try:
-        _wait(lambda: _progress_step(run_dir) >= 12, 120, "step 12")
+    with _training_daemon(tmp_path, tiny_base, max_steps=150, at_step=12) as (cfg_path, run_id, run_dir, daemon):
         child = _child_pid(cfg_path, run_id)
         os.kill(daemon.pid, signal.SIGKILL)
         os.kill(child, signal.SIGKILL)
         daemon.wait(10)
-        ckpt = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-"))
-        assert ckpt >= 10
-        done = iceburgd("run", "--once", config=cfg_path, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-    finally:
-        daemon.kill()
+    ckpt = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert ckpt >= 10
+    done = iceburgd("run", "--once", config=cfg_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
     run = _run(cfg_path, run_id)
     assert run["status"] == "succeeded" and run["attempts"] == 2, run
     resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
@@ -171,18 +187,9 @@ def test_sigkill_of_daemon_and_child_resumes_from_the_checkpoint(tmp_path, tiny_
 
 
 def test_sigterm_checkpoints_marks_interrupted_and_the_daemon_resumes(tmp_path, tiny_base):
-    cfg_path = _home(tmp_path, tiny_base, max_steps=60)
-    run_id = _queue(cfg_path)
-    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
-    daemon = spawn_daemon(cfg_path)
-    try:
-        wait_until_running(load_config(cfg_path, env={}).db_path)
-        _wait(lambda: _progress_step(run_dir) >= 3, 120, "step 3")
+    with _training_daemon(tmp_path, tiny_base, max_steps=60, at_step=3) as (cfg_path, run_id, run_dir, _):
         os.kill(_child_pid(cfg_path, run_id), signal.SIGTERM)
         _wait(lambda: _run(cfg_path, run_id)["status"] == "succeeded", 120, "resumed run to succeed")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(60)
     run = _run(cfg_path, run_id)
     assert run["attempts"] == 2
     resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
@@ -196,20 +203,12 @@ def test_sigterm_checkpoints_marks_interrupted_and_the_daemon_resumes(tmp_path, 
 
 
 def test_cancel_and_timeout_stop_the_child(tmp_path, tiny_base):
-    cfg_path = _home(tmp_path, tiny_base, max_steps=5000)
-    run_id = _queue(cfg_path)
-    run_dir = Path(_run(cfg_path, run_id)["run_dir"])
-    daemon = spawn_daemon(cfg_path)
-    try:
-        _wait(lambda: _progress_step(run_dir) >= 2, 120, "step 2")
+    with _training_daemon(tmp_path, tiny_base, max_steps=5000, at_step=2) as (cfg_path, run_id, _, _):
         child = _child_pid(cfg_path, run_id)
         done = iceburgd("train", "cancel", run_id, "--json", config=cfg_path)
         assert json.loads(done.stdout)["status"] == "cancelling"
         _wait(lambda: _run(cfg_path, run_id)["status"] == "cancelled", 60, "cancelled")
         _wait(lambda: not Path(f"/proc/{child}").exists() or "zombie" in _state(child), 10, "child gone")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(60)
     # a time limit of 6 seconds ends the next run timed_out
     cfg_path.write_text(cfg_path.read_text().replace("[training]\n", "[training]\ntimeout_minutes = 0.1\n"))
     second = _queue(cfg_path)

@@ -68,8 +68,6 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     base, tok, folder = models.load_base(spec["base_model"], allow_download=training["allow_download"], dtype=dtype,
                                          attn=attn)
     fallback_template = data.ensure_chat_template(tok)
-    if fallback_template:
-        base.resize_token_embeddings(len(tok))
     progress.update(phase="tokenising")
     train = data.encode_file(tok, run_dir / "train.jsonl", params["max_length"], params["truncation"])
     evals = data.encode_file(tok, run_dir / "eval.jsonl", params["max_length"], params["truncation"])
@@ -93,7 +91,7 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
         max_grad_norm=params["max_grad_norm"], checkpoint_every_steps=training["checkpoint_every_steps"],
         checkpoint_every_seconds=training["checkpoint_every_minutes"] * 60,
         inject_oom_at_step=spec.get("test_hooks", {}).get("oom_at_step", -1))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # pads carry no label
     trainer = Trainer(peft_model, train.examples, settings, run_dir, device, pad_id, progress, lambda: stop.requested)
     start = trainer.resume()
     if start:

@@ -38,10 +38,10 @@ class Encoded:
 
 
 def ensure_chat_template(tok: Any) -> bool:
-    """A base without a chat template gets ChatML (and its tokens); returns True when it had to."""
+    """A base without a chat template gets ChatML; returns True when it had to. No tokens are added (LoRA
+    would leave their embeddings random): the markers are plain text and EOS is appended after each answer."""
     if getattr(tok, "chat_template", None):
         return False
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHATML_FALLBACK
     return True
 

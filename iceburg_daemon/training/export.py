@@ -43,7 +43,7 @@ def eval_losses(peft_model: Any, examples: list[Example], device: torch.device, 
 def write_outputs(run_dir: Path, spec: dict[str, Any], peft_model: Any, tok: Any, base_folder: Path, trainer: Any,
                   metrics: dict[str, Any], report: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
     """adapter/, merged/ (safetensors + tokenizer + chat template: what Ollama imports), manifest.json."""
-    base_hash = weights_hash(peft_model.get_base_model()) if not (run_dir / "manifest.json").exists() else None
+    base_hash = weights_hash(base_folder)
     _replace_dir(run_dir / "adapter", lambda d: (peft_model.save_pretrained(d), tok.save_pretrained(d)))
     curves = _last_curve(run_dir)
     merged = peft_model.merge_and_unload()

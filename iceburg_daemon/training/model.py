@@ -11,6 +11,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import cached_file
 
 
 class BaseUnavailable(Exception):
@@ -52,16 +53,18 @@ def load_base(ref: str, *, allow_download: bool, dtype: torch.dtype, attn: str =
         hint = ("import the default with `iceburgd base import-gguf --default`, point the role's base_model at a "
                 "local folder, or download it (`hf download " + ref + "`) or set [training] allow_download = true")
         raise BaseUnavailable(f"base model {ref!r} is not available offline ({exc.__class__.__name__}): {hint}") from exc
-    folder = local if local.is_dir() else Path(getattr(model, "name_or_path", ref))
+    folder = local if local.is_dir() else Path(cached_file(ref, "config.json", local_files_only=True)).parent
     return model, tok, folder
 
 
-def weights_hash(model: Any) -> str:
-    """Identity of the base's weights (hash of every tensor's bytes, in name order)."""
+def weights_hash(folder: Path) -> str:
+    """Identity of the base: SHA-256 over its weight files (name and bytes, in name order)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    for path in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")):
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
     return h.hexdigest()
 
 
