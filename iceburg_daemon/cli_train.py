@@ -19,7 +19,7 @@ from iceburg_daemon.errors import TrainingError
 from iceburg_daemon.runner import Runner, child_env, queue_run, request_cancel
 from iceburg_daemon.store import Store
 
-EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def add_parsers(sub: Any) -> None:
@@ -60,7 +60,8 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
         _emit(args.json, {"id": args.id, "status": status}, f"{args.id}: {status}")
         return EXIT_OK
     if args.role is None:
-        raise TrainingError("give --role ROLE (or `train cancel ID`)")
+        print("iceburgd: train needs --role ROLE (or `train cancel ID`)", file=sys.stderr)
+        return EXIT_USAGE
     store = Store.open(cfg.db_path)
     try:
         run_id, created = queue_run(cfg, store, args.role, reason="manual", now=time.time())
@@ -129,6 +130,8 @@ def run_runs(cfg: Config, args: argparse.Namespace) -> int:
             rows = [_run_view(r) for r in store.runs(args.role)]
             if args.json:
                 print(json.dumps(rows, indent=2))
+            if not rows and not args.json:
+                print("no training runs yet (`iceburgd train --role ROLE` queues one)")
             for r in [] if args.json else rows:
                 p = r["progress"] or {}
                 step = f"{p.get('step', 0)}/{p.get('total', '?')}" if p else "-"
@@ -174,10 +177,13 @@ def run_base(cfg: Config, args: argparse.Namespace) -> int:
         raise TrainingError(f"{path}: no such GGUF file")
     root.mkdir(parents=True, exist_ok=True)
     print(f"importing {path} -> {out} (dequantising; about a minute for 135M parameters)", file=sys.stderr)
+    tty = sys.stderr.isatty() and not args.json
+    env = child_env() | ({} if tty else {"HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     done = subprocess.run([sys.executable, "-m", "iceburg_daemon.training", "--import-gguf", str(path), "--out",
-                           str(out)], env=child_env(), capture_output=True, text=True, check=False)
+                           str(out)], env=env, stdout=subprocess.PIPE, stderr=None if tty else subprocess.PIPE,
+                          text=True, check=False)  # on a terminal the child's progress bars show
     if done.returncode != 0:
-        raise TrainingError(f"import failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+        raise TrainingError(f"import failed (exit {done.returncode}): {(done.stderr or '').strip()[-1500:]}")
     _emit(args.json, {"name": name, "path": str(out), "created": True}, f"{name}: imported to {out}")
     return EXIT_OK
 

@@ -95,8 +95,8 @@ def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.setdefault("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "1.0")  # stay inside macOS's recommended GPU working set
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     return env
 
 
@@ -162,7 +162,8 @@ class Runner:
         logf = open(run_dir / "child.log", "ab")  # noqa: SIM115 - handed to the child, closed right after
         try:
             proc = subprocess.Popen(list(self.command(run_dir)), stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=child_env(), cwd=run_dir)
+                                    stdin=subprocess.DEVNULL, cwd=run_dir,
+                                    env=child_env() | {"HF_HUB_DISABLE_PROGRESS_BARS": "1"})  # a log file, not a tty
         except OSError as exc:
             self._end(row["id"], RunStatus.FAILED, "child_not_started", str(exc))
             return False
