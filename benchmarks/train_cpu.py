@@ -3,7 +3,8 @@
 Both optimise the same examples in the same steps (the project's step plan); the plain loop pads each
 micro-batch of 4 examples and uses the HF loss over full-vocabulary logits, the project packs examples into rows
 and computes the loss on trained tokens only. Prints useful (non-padding) tokens/s of each and the ratio
-(target: project >= 0.9x plain). Usage: python benchmarks/train_cpu.py [steps] (default 12)
+(target: project >= 0.9x plain). With --trl, TRL's SFTTrainer (completion-only loss, padded batches of 4) on the
+same examples too. Usage: python benchmarks/train_cpu.py [steps] [--trl] (default 12 steps)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
 from iceburg_daemon.training.model import add_lora  # noqa: E402
 from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer, plan_steps  # noqa: E402
+from iceburg_daemon.training.tiny import build_tokenizer  # noqa: E402
 
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -89,8 +91,31 @@ def project(data: list[Example], steps: int) -> float:
     return tokens / elapsed
 
 
+def trl_sft(data: list[Example], plan: list[list[list[int]]]) -> float:
+    """The same examples through TRL's SFTTrainer: one epoch, 4 per micro-batch, as many optimizer steps."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    idx = [i for step in plan for row in step for i in row]
+    rows = [{"input_ids": data[i].input_ids, "labels": [IGNORE] + data[i].labels[:-1]} for i in idx]  # unshifted
+    per_step = max(1, round(len(idx) / len(plan) / 4))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, per_device_train_batch_size=4, gradient_accumulation_steps=per_step,
+                         num_train_epochs=1, learning_rate=1e-4, max_length=1024,
+                         dataset_kwargs={"skip_prepare_dataset": True}, use_cpu=True, report_to=[],
+                         save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+                         bf16=False, gradient_checkpointing=False)  # not its defaults: fp32, like the others
+        tok = build_tokenizer(["a tokenizer only for its pad id"])  # the data is already token ids
+        trainer = SFTTrainer(model=model(), args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        started = time.perf_counter()
+        trainer.train()
+        elapsed = time.perf_counter() - started
+    return sum(len(data[i].input_ids) for i in idx) / elapsed
+
+
 def main() -> None:
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 12
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    steps = int(args[0]) if args else 12
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = examples(400)
     plan = plan_steps(data, Settings(max_steps=steps, **SETTINGS))
@@ -102,6 +127,10 @@ def main() -> None:
     project_tps = project(data, steps)
     print(f"project trainer (packed, chunked loss): {project_tps:8.0f} useful tokens/s")
     print(f"ratio project/plain: {project_tps / plain_tps:.2f}x (target >= 0.9x)")
+    if "--trl" in sys.argv:
+        trl_tps = trl_sft(data, plan)
+        print(f"TRL SFTTrainer (padded, completion-only):   {trl_tps:8.0f} useful tokens/s"
+              f" ({trl_tps / plain_tps:.2f}x plain)")
 
 
 if __name__ == "__main__":
