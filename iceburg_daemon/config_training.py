@@ -21,7 +21,7 @@ class TrainingConfig:
     checkpoint_every_minutes: float = 10.0
     allow_download: bool = False  # fetch a Hugging Face base that is not in the local cache
     eval_percent: float = 10.0  # share of records (by content hash) held out for evaluation, for good
-    max_attempts: int = 3  # starts per run (resumes after a crash or an interruption included)
+    max_attempts: int = 3  # starts per run that end in a crash; a checkpointed interruption does not count
     stop_grace_seconds: float = 60.0  # on daemon shutdown the child gets this long to checkpoint
 
 

@@ -225,26 +225,30 @@ class Runner:
             status, reason = RunStatus.TIMED_OUT, f"over {self.cfg.training.timeout_minutes} minutes"
         elif rc in CHILD_EXIT:
             status, reason = CHILD_EXIT[rc], "shutdown" if a.stop_reason == "shutdown" else None
-        elif rc < 0 and a.stop_reason is None:
-            # Killed from outside (OOM killer, kill -9): resume from the last checkpoint, attempts permitting.
+        elif rc < 0 and a.stop_reason in (None, "shutdown"):
+            # Killed (OOM killer, kill -9, or past the shutdown grace): resume from the last checkpoint,
+            # attempts permitting.
             status, reason = RunStatus.INTERRUPTED, f"killed by {signal.Signals(-rc).name}"
         else:
             status, reason = RunStatus.FAILED, error.get("reason") or CHILD_REASON.get(rc, f"exit code {rc}")
         detail = error.get("message") if status == RunStatus.FAILED else None
         if status == RunStatus.FAILED and not detail:
             detail = _tail(a.run_dir / "child.log")
-        self._end(a.run_id, status, reason, detail)
+        # A checkpointed stop (exit 75) is not a failed attempt: sleep, restarts and shutdowns never use them up.
+        self._end(a.run_id, status, reason, detail, refund_attempt=rc == 75)
         return status
 
-    def _end(self, run_id: str, status: RunStatus, reason: str | None, detail: str | None) -> None:
+    def _end(self, run_id: str, status: RunStatus, reason: str | None, detail: str | None, *,
+             refund_attempt: bool = False) -> None:
         now = self.clock()
         row = self.store.run(run_id)
         manifest = _read_json(Path(row["run_dir"]) / "manifest.json") if status == RunStatus.SUCCEEDED else None
-        final = status.value not in ("interrupted",)
+        extra: dict[str, Any] = {"metrics": manifest["final"]} if manifest else {}
+        if refund_attempt:
+            extra["attempts"] = max(0, row["attempts"] - 1)
         with self.store.transaction():
             self.store.update_run(run_id, status=status.value, reason=reason, detail=detail, child_pid=None,
-                                  finished_at=now if final else None,
-                                  **({"metrics": manifest["final"]} if manifest else {}))
+                                  finished_at=None if status == RunStatus.INTERRUPTED else now, **extra)
             self.store.add_event(f"run_{status.value}", run_id, now, reason=reason)
         log.info("run_finished", run=run_id, status=status.value, reason=reason)
         if self.on_finish:

@@ -191,7 +191,7 @@ def test_sigterm_checkpoints_marks_interrupted_and_the_daemon_resumes(tmp_path, 
         os.kill(_child_pid(cfg_path, run_id), signal.SIGTERM)
         _wait(lambda: _run(cfg_path, run_id)["status"] == "succeeded", 120, "resumed run to succeed")
     run = _run(cfg_path, run_id)
-    assert run["attempts"] == 2
+    assert run["attempts"] == 1  # a checkpointed stop is not a failed attempt (a crash is: see the SIGKILL test)
     resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["step"] >= 3  # the SIGTERM checkpoint, not step 0
     store = Store.open_readonly(load_config(cfg_path, env={}).db_path)
@@ -300,3 +300,26 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path, tiny_base):
         curves[launcher] = [c["loss"] for c in _jsonl(Path(run["run_dir"]) / "curves.jsonl")]
     assert len(curves["torchrun"]) == 4
     assert curves["torchrun"] == pytest.approx(curves["python"], rel=1e-4)
+
+
+def test_a_child_that_keeps_crashing_fails_after_max_attempts(tmp_path):
+    from iceburg_daemon.runner import Runner
+
+    cfg_path = _home(tmp_path, Path("unused"), training="max_attempts = 2\n")
+    cfg = load_config(cfg_path, env={})
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    store = Store.open(cfg.db_path)
+    try:
+        run_id, _ = queue_run(cfg, store, "surveyor", reason="test", now=1.0)
+        runner = Runner(cfg, store, command=lambda run_dir: crash)
+        seen = []
+        while (row := runner.next_run()) is not None:
+            assert runner.start(row)
+            while (status := runner.poll()) is None:
+                time.sleep(0.05)
+            seen.append((status, store.run(run_id)["reason"]))
+        final = store.run(run_id)
+    finally:
+        store.close()
+    assert seen == [("interrupted", "killed by SIGKILL")] * 2
+    assert (final["status"], final["reason"], final["attempts"]) == ("failed", "too_many_attempts", 2)
