@@ -68,6 +68,9 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
         row = store.run(run_id)
         if not args.foreground:
             what = "queued" if created else f"already active ({row['status']})"
+            if not _daemon_running(cfg):
+                print("note: the daemon is not running; the run starts when it does (or use --foreground)",
+                      file=sys.stderr)
             _emit(args.json, {"id": run_id, "created": created, "status": row["status"],
                               "train": row["train_count"], "eval": row["eval_count"]},
                   f"{run_id}: {what}; {row['train_count']} train / {row['eval_count']} eval records")
@@ -78,6 +81,12 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_OK if status == "succeeded" else EXIT_FAILURE
     finally:
         store.close()
+
+
+def _daemon_running(cfg: Config) -> bool:
+    from iceburg_daemon.status import collect
+
+    return bool(collect(cfg, now=time.time())["running"])
 
 
 def _foreground(cfg: Config, store: Store, run_id: str, *, progress: bool) -> str:
@@ -145,10 +154,26 @@ def run_runs(cfg: Config, args: argparse.Namespace) -> int:
         view = _run_view(row)
         manifest = Path(row["run_dir"]) / "manifest.json"
         view["manifest"] = json.loads(manifest.read_text()) if manifest.exists() else None
-        print(json.dumps(view, indent=2))
+        print(json.dumps(view, indent=2) if args.json else _run_text(view))
         return EXIT_OK
     finally:
         store.close()
+
+
+def _run_text(v: dict[str, Any]) -> str:
+    p, m = v["progress"] or {}, v["metrics"] or {}
+    lines = [f"{v['id']}  {v['status']}" + (f" ({v['reason']})" if v["reason"] else ""),
+             f"  role {v['role']}, attempts {v['attempts']}, records {v['train_count']} train / {v['eval_count']} eval,"
+             f" snapshot {v['snapshot_id']}",
+             f"  folder {v['run_dir']}"]
+    if p:
+        lines.append(f"  progress: {p.get('phase')} step {p.get('step', 0)}/{p.get('total', '?')}"
+                     + (f", loss {p['loss']:.4f}, {p['tokens_per_s']:.0f} tokens/s" if "loss" in p else ""))
+    if m:
+        lines.append(f"  eval loss {m.get('eval_loss')} (base {m.get('eval_loss_base')})")
+    if v["detail"]:
+        lines.append("  detail: " + v["detail"].strip().replace("\n", "\n    ")[-1500:])
+    return "\n".join(lines)
 
 
 def _run_view(row: Any) -> dict[str, Any]:

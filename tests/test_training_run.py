@@ -37,6 +37,7 @@ def _home(tmp_path: Path, base: Path, *, epochs: int = 120, max_steps: int = 0, 
 def _queue(cfg_path: Path) -> str:
     done = iceburgd("train", "--role", "surveyor", "--json", config=cfg_path)
     assert done.returncode == 0, done.stderr
+    assert "the daemon is not running" in done.stderr  # queued, and the user is told who will run it
     return str(json.loads(done.stdout)["id"])
 
 
@@ -145,6 +146,8 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     assert run_id in table.stdout and "succeeded" in table.stdout
     text = iceburgd("runs", "list", config=cfg_path)
     assert f"{run_id}  succeeded   step 120/120" in text.stdout
+    shown = iceburgd("runs", "show", run_id, config=cfg_path).stdout
+    assert shown.startswith(f"{run_id}  succeeded") and "eval loss" in shown and "attempts 1" in shown
 
 
 def test_the_eval_split_is_permanent(tmp_path, tiny_base):
