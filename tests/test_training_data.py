@@ -64,6 +64,7 @@ def test_long_examples_are_cut_from_the_prompt_start_or_dropped_with_a_reason(to
     cut = encode_conversation(tok, long_prompt, max_length=64)
     assert len(full.input_ids) > 64 and len(cut.input_ids) == 64
     assert cut.input_ids == full.input_ids[-64:]  # the start of the prompt went, the answer stayed whole
+    assert cut.truncated and not full.truncated
     assert _trained_text(tok, cut) == "Short answer.<|im_end|>\n"
     assert encode_conversation(tok, long_prompt, max_length=64, truncation="drop") == "too_long"
     long_answer = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "word " * 200}]

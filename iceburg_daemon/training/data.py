@@ -24,6 +24,7 @@ CHATML_FALLBACK = (
 class Example:
     input_ids: list[int]
     labels: list[int]  # shifted: labels[t] = input_ids[t + 1] where that token is trained, else IGNORE
+    truncated: bool = False  # the start of the prompt was cut to fit max_length
 
     @property
     def trained(self) -> int:
@@ -87,21 +88,20 @@ def encode_conversation(tok: Any, messages: Sequence[dict[str, str]], max_length
     eos = tok.eos_token_id
     if eos is not None and eos not in [t for t, keep in zip(ids, trained) if keep]:
         # The template's end of turn is not the EOS token: append it, or generation would never stop.
-        cut = max(i for i, keep in enumerate(trained) if keep) + 1 if any(trained) else len(ids)
-        ids.insert(cut, eos)
-        trained.insert(cut, True)
+        at = max(i for i, keep in enumerate(trained) if keep) + 1 if any(trained) else len(ids)
+        ids.insert(at, eos)
+        trained.insert(at, True)
     if not any(trained):
         return "no_assistant_tokens"
-    if len(ids) > max_length:
+    cut = max(0, len(ids) - max_length)
+    if cut:
         if truncation == "drop":
             return "too_long"
-        first_answer = trained.index(True, _last_span_start(trained))
-        cut = len(ids) - max_length
-        if cut > first_answer:
-            return "answer_too_long"  # the final answer alone does not fit
+        if cut >= _last_span_start(trained):
+            return "answer_too_long"  # the final answer (and the token that predicts its first) does not fit
         ids, trained = ids[cut:], trained[cut:]
     labels = [ids[t + 1] if trained[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
-    return Example(ids, labels)
+    return Example(ids, labels, truncated=cut > 0)
 
 
 def _last_span_start(trained: list[bool]) -> int:
@@ -124,14 +124,9 @@ def encode_file(tok: Any, path: Path, max_length: int, truncation: str) -> Encod
         if isinstance(result, str):
             out.dropped[result] += 1
             continue
-        if len(result.input_ids) < _rendered_length(tok, item["messages"]):
-            out.truncated += 1
+        out.truncated += result.truncated
         out.examples.append(result)
     return out
-
-
-def _rendered_length(tok: Any, messages: Sequence[dict[str, str]]) -> int:
-    return len(tok(_render(tok, messages), add_special_tokens=False)["input_ids"])
 
 
 def epoch_order(examples: Sequence[Example], epoch: int, seed: int, order: str) -> list[int]:
