@@ -102,7 +102,8 @@ def project(data: list[Example], attn: str, row: int, micro: int, seconds: float
             layer.compile()
     s = Settings(micro_batch=micro, grad_accum=1, learning_rate=1e-4, warmup_ratio=0.0, epochs=1, max_steps=3_000,
                  seed=0, order="random", packing=True, max_length=row, max_grad_norm=1.0,
-                 checkpoint_every_steps=0, checkpoint_every_seconds=1e12)
+                 checkpoint_every_steps=0, checkpoint_every_seconds=1e12,
+                 fixed_width=attn == "flex_attention" or compile_layers)  # as the child sets it
     with tempfile.TemporaryDirectory() as tmp:
         progress = _Timing(Path(tmp))
         started = time.perf_counter()

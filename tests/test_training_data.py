@@ -88,3 +88,30 @@ def test_packed_rows_give_the_same_logits_as_each_example_alone(tiny_base, tok):
     with torch.no_grad():
         leaky = model(input_ids=ids, use_cache=False).logits[0]
     assert not torch.allclose(leaky[:n], alone, atol=1e-2)
+
+
+def test_fixed_width_rows_train_exactly_like_tight_rows(tiny_base, tok, tmp_path):
+    """Padding every row to max_length (one shape for compiled kernels) changes no loss: pads carry no label."""
+    from iceburg_daemon.testing import FACTS, fact_record
+    from iceburg_daemon.training.model import add_lora
+    from iceburg_daemon.training.progress import Progress
+    from iceburg_daemon.training.sft import Settings, Trainer
+
+    examples = [encode_conversation(tok, fact_record(p, c)["messages"], max_length=256) for p, c in FACTS]
+    losses = {}
+    for fixed in (False, True):
+        torch.manual_seed(0)
+        model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_base),
+                         dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+        seen = []
+        progress = Progress(tmp_path, enabled=False)
+        progress.on_step = lambda fields, seen=seen: seen.append(fields["loss"])
+        s = Settings(micro_batch=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, epochs=1, max_steps=3,
+                     seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
+                     checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=fixed)
+        trainer = Trainer(model, examples, s, tmp_path / str(fixed), torch.device("cpu"), tok.pad_token_id,
+                          progress, lambda: False)
+        trainer.save = lambda: None
+        assert trainer.run() == "succeeded"
+        losses[fixed] = seen
+    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-4)

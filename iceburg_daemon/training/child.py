@@ -90,6 +90,7 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
         seed=params["seed"], order=params["order"], packing=params["packing"], max_length=params["max_length"],
         max_grad_norm=params["max_grad_norm"], checkpoint_every_steps=training["checkpoint_every_steps"],
         checkpoint_every_seconds=training["checkpoint_every_minutes"] * 60,
+        fixed_width=attn == "flex_attention" or bool(params.get("compile_layers")),
         inject_oom_at_step=spec.get("test_hooks", {}).get("oom_at_step", -1))
     pad_id = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # pads carry no label
     trainer = Trainer(peft_model, train.examples, settings, run_dir, device, pad_id, progress, lambda: stop.requested)

@@ -35,6 +35,7 @@ class Settings:
     max_grad_norm: float
     checkpoint_every_steps: int
     checkpoint_every_seconds: float
+    fixed_width: bool = False  # pad every row to max_length: one shape, so compiled kernels compile once
     inject_oom_at_step: int = -1  # tests only: raise one out-of-memory error at this step
 
 
@@ -162,7 +163,8 @@ class Trainer:
         for k, micro in enumerate(steps_of(rows, self.micro)):
             if g + 1 == self.s.inject_oom_at_step and not self.state["oom_retries"]:
                 raise torch.OutOfMemoryError("injected out-of-memory (test hook)")
-            width = max(sum(len(self.examples[i].input_ids) for i in row) for row in micro)
+            width = self.s.max_length if self.s.fixed_width else max(
+                sum(len(self.examples[i].input_ids) for i in row) for row in micro)
             cols = [row_tensors_data(self.examples, row, width, self.pad_id) for row in micro]
             ids, labels, pos = (torch.tensor([c[j] for c in cols], device=self.device) for j in range(3))
             loss = token_loss_sum(self.model, ids, labels, pos) / trained
