@@ -20,7 +20,7 @@ def stats(store: Store, role: str | None = None) -> dict[str, Any]:
             entry["rejected"] += row["n"]
             entry["reasons"][row["reason"]] = row["n"]
     for entry in roles.values():
-        entry["waiting_for_training"] = entry["accepted"]  # no run has consumed any yet (training lands later)
+        entry["waiting_for_training"] = entry["accepted"]  # a run trains on every accepted record, not a delta
     return {"roles": roles, "unfiltered": store.unfiltered_count(), "generation": store.generation()}
 
 

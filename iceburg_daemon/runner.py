@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float) 
     staging = cfg.runs_dir / f".staging-{role}-{os.getpid()}"
     snap = freeze(store, role, cfg.training.eval_percent, staging, now)
     if snap.train_count == 0:
-        _remove_tree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         raise TrainingError(f"role {role!r} has no accepted training records outside the eval split"
                             " (see `iceburgd data stats`)")
     run_id = f"{role}-{stamp}-{snap.snapshot_id[:8]}"
@@ -302,9 +303,3 @@ def _tail(path: Path, n: int = 2000) -> str | None:
         return path.read_bytes()[-n:].decode(errors="replace")
     except OSError:
         return None
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

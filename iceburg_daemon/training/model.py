@@ -18,6 +18,10 @@ class BaseUnavailable(Exception):
     """The base model is neither a local folder nor in the Hugging Face cache (and downloads are off)."""
 
 
+class DeviceUnavailable(Exception):
+    """[training] device names a device this machine does not have (the run fails; the daemon goes on)."""
+
+
 def pick_device(requested: str) -> tuple[torch.device, torch.dtype]:
     """auto: CUDA (bf16), else MPS (bf16 where the OS supports it, else fp32), else CPU (fp32)."""
     if requested in ("auto", "cuda") and torch.cuda.is_available():
@@ -26,7 +30,7 @@ def pick_device(requested: str) -> tuple[torch.device, torch.dtype]:
         bf16 = torch.backends.mps.is_macos_or_newer(14, 0)
         return torch.device("mps"), torch.bfloat16 if bf16 else torch.float32
     if requested not in ("auto", "cpu"):
-        raise BaseUnavailable(f"device {requested!r} was requested but is not available on this machine")
+        raise DeviceUnavailable(f"device {requested!r} was requested but is not available on this machine")
     return torch.device("cpu"), torch.float32
 
 
