@@ -10,7 +10,7 @@ import pytest
 
 from iceburg_daemon.ingest import ingest_paths
 from iceburg_daemon.quality.chain import FilterChain
-from iceburg_daemon.quality.heuristics import _ngram_shares
+from iceburg_daemon.quality.heuristics import ngram_shares
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import write_jsonl
 
@@ -187,12 +187,15 @@ def test_vectorised_ngram_shares_match_the_definition():
         return top, dup
 
     rng = random.Random(3)
+    texts = []
     for _ in range(100):
         vocab = [f"w{i}" * (i % 3 + 1) for i in range(rng.choice([5, 20, 200]))]
-        tokens = [rng.choice(vocab) for _ in range(rng.randint(12, 300))]
-        fast, slow = _ngram_shares(tokens), naive(tokens)
+        texts.append([rng.choice(vocab) for _ in range(rng.randint(12, 300))])
+    batched = ngram_shares(texts)  # one call for all: n-grams must never span two texts
+    for tokens, together in zip(texts, batched, strict=True):
+        alone, slow = ngram_shares([tokens])[0], naive(tokens)
         for part in (0, 1):
-            assert fast[part] == pytest.approx(slow[part])
+            assert together[part] == alone[part] == pytest.approx(slow[part])
 
 
 @pytest.mark.parametrize(("text", "kind"), [

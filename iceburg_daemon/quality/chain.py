@@ -17,12 +17,9 @@ from iceburg_daemon.logs import get_logger
 from iceburg_daemon.quality.dedup import DuplicateIndex
 from iceburg_daemon.quality.embed import EmbeddingError, make_embedder
 from iceburg_daemon.quality.findings import Finding
-from iceburg_daemon.quality.heuristics import check_repetition
+from iceburg_daemon.quality.features import Features, extract
 from iceburg_daemon.quality.signals import NegativeSignals, check_signals
 from iceburg_daemon.quality.semantic import SemanticDedup
-from iceburg_daemon.quality.structure import check_structure
-from iceburg_daemon.quality.text import answer as answer_of
-from iceburg_daemon.quality.text import prompt as prompt_of
 from iceburg_daemon.store import Store
 
 PRINCIPLE_KEYS = ("principle_name", "one_sentence_summary", "derivation_logic", "framing", "domains",
@@ -64,20 +61,25 @@ class FilterChain:
 
     def _judge_batch(self, rows: list[Any]) -> list[dict[str, Any]]:
         generation = self.store.generation()
+        feats = extract(rows, self.q)
         verdicts, waiting = [], []  # waiting: passed filters 1-7 and 9, semantic check still to come
         with self.store.transaction():
-            for row in rows:
-                record = json.loads(row["canonical"])
+            self.index.load(generation, (f.exact for f in feats if f.exact), (f.near[0] for f in feats if f.near),
+                            (f.template[0] for f in feats if f.template))
+            for f in feats:
                 scores: dict[str, Any] = {}
-                finding, exact, near = self._filters(row, record, scores)
+                finding = self._filters(f, scores)
                 if finding is None:
-                    self.index.remember(row["id"], exact, near)  # later records of this batch see it
+                    self.index.remember(f.row["id"], f.exact, f.near)  # later records of this batch see it
                 if finding is None and self.semantic is not None:
-                    waiting.append((row, record, scores))
+                    waiting.append((f, scores))
                 else:
-                    verdicts.append(self._verdict(row, record, scores, finding, generation))
+                    verdicts.append(self._verdict(f, scores, finding, generation))
             accepted, vectors = self._semantic(waiting, verdicts, generation)
+            self.index.flush()
+            self.store.add_verdicts(verdicts)
             upto = self.store.last_verdict_id()
+        self.index.committed()
         if accepted and self.semantic is not None:
             self.semantic.add(accepted, vectors, upto)
         return verdicts
@@ -86,7 +88,7 @@ class FilterChain:
         if not waiting:
             return [], None
         assert self.semantic is not None
-        items = [(r["id"], r["role"], answer_of(rec)) for r, rec, _ in waiting]
+        items = [(f.row["id"], f.row["role"], f.answer) for f, _ in waiting]
         try:
             try:
                 findings, vectors = self.semantic.check(items)
@@ -99,71 +101,63 @@ class FilterChain:
         except EmbeddingError as exc:  # e.g. Ollama is down: judge without this filter rather than stall
             log.warning("semantic_unavailable", error=str(exc))
             findings, vectors = [None] * len(waiting), None
-            for _, _, scores in waiting:
+            for _, scores in waiting:
                 scores["semantic"] = "unavailable"
         accepted, keep = [], []
-        for i, ((row, record, scores), finding) in enumerate(zip(waiting, findings)):
+        for i, ((f, scores), finding) in enumerate(zip(waiting, findings)):
             if finding is not None:
                 scores["semantic_similarity"] = finding.score
-            verdicts.append(self._verdict(row, record, scores, finding, generation))
+            verdicts.append(self._verdict(f, scores, finding, generation))
             if finding is None and vectors is not None:
-                accepted.append((row["id"], row["role"]))
+                accepted.append((f.row["id"], f.row["role"]))
                 keep.append(i)
         return accepted, (vectors[keep] if vectors is not None else None)
 
-    def _verdict(self, row: Any, record: dict[str, Any], scores: dict[str, Any], finding: Finding | None,
-                 generation: int) -> dict[str, Any]:
-        verdict = {
-            "record_id": row["id"], "role": row["role"], "verdict": "reject" if finding else "accept",
+    def _verdict(self, f: Features, scores: dict[str, Any], finding: Finding | None, generation: int
+                 ) -> dict[str, Any]:
+        return {
+            "record_id": f.row["id"], "role": f.row["role"], "verdict": "reject" if finding else "accept",
             "filter": finding.filter if finding else None, "reason": finding.reason if finding else None,
             "detail": finding.detail if finding else None, "score": finding.score if finding else None,
             "duplicate_of": finding.duplicate_of if finding else None,
             "cluster_id": finding.cluster_id if finding else None,
-            "redacted": 1 if record.get("redactions") else 0, "scores": json.dumps(scores, sort_keys=True),
+            "redacted": 1 if f.record.get("redactions") else 0, "scores": json.dumps(scores, sort_keys=True),
             "generation": generation, "created_at": self.clock(),
         }
-        self.store.add_verdict(verdict)
-        return verdict
 
-    def _filters(self, row: Any, record: dict[str, Any], scores: dict[str, Any]
-                 ) -> tuple[Finding | None, str | None, Any]:
-        q, role_cfg = self.q, self.cfg.role(row["role"])
-        prompt, answer = prompt_of(record), answer_of(record)
-        found = check_structure(record, q)
-        if found:
-            return found, None, None
+    def _filters(self, f: Features, scores: dict[str, Any]) -> Finding | None:
+        q, role_cfg, record = self.q, self.cfg.role(f.row["role"]), f.record
+        if f.structure:
+            return f.structure
         if q.signals:
-            found = check_signals(record, prompt, answer, role_cfg.min_quality_score, self.negatives)
+            found = check_signals(record, f.prompt, f.answer, role_cfg.min_quality_score, self.negatives)
             if found:
-                return found, None, None
-        exact = near = None
-        if q.exact_dedup:
-            found, exact = self.index.check_exact(prompt, answer)
+                return found
+        if f.exact is not None:
+            found = self.index.check_exact(f.exact)
             if found:
-                return found, None, None
-        if q.near_dedup:
-            found, near, scores["near_similarity"] = self.index.check_near(answer)
+                return found
+        if f.near is not None:
+            found, scores["near_similarity"] = self.index.check_near(f.near)
             if found:
-                return found, None, None
-        if q.template:
-            found, scores["template_similarity"] = self.index.check_template(row["id"], prompt, answer)
+                return found
+        if f.template is not None:
+            found, scores["template_similarity"] = self.index.check_template(f.row["id"], f.template)
             if found:
-                return found, None, None
-        if q.repetition:
-            found, rep = check_repetition(answer, q)
+                return found
+        if f.repetition is not None:
+            found, rep = f.repetition
             scores.update({k: round(v, 4) for k, v in rep.items()})
             if found:
-                return found, None, None
+                return found
         if record.get("redactions"):
             scores["redactions"] = record["redactions"]
             if q.secrets == "reject":
                 kinds = ", ".join(sorted(record["redactions"]))
-                return Finding("secrets", "secret", f"redacted at ingest: {kinds}"), None, None
+                return Finding("secrets", "secret", f"redacted at ingest: {kinds}")
         if q.role_checks and role_cfg.require_json:  # 9 runs before 8: semantic works a batch at a time
-            found = check_principle_json(answer)
-            if found:
-                return found, None, None
-        return None, exact, near
+            return check_principle_json(f.answer)
+        return None
 
 
 def check_principle_json(answer: str) -> Finding | None:

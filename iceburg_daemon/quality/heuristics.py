@@ -7,8 +7,9 @@ or Japanese answer is not judged by English word lengths, and stop words come fr
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any
+
+import numpy as np
 
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.text import without_code, words
@@ -27,6 +28,16 @@ DUP_NGRAM_LIMITS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 TOP_NGRAM_LIMITS = {2: 0.20, 3: 0.18, 4: 0.16}
 NOT_LETTER = re.compile(r"[\W\d_]+")
 HEADING = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
+_ASCII_NOT_LETTER = bytes(c for c in range(128) if not chr(c).isalpha())
+
+
+def _letters_and_visible(text: str) -> tuple[int, int]:
+    """Letters (what NOT_LETTER keeps) and non-space characters; ASCII text takes a C fast path."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw.translate(None, _ASCII_NOT_LETTER)), len(raw.translate(None, _ASCII_SPACE))
+    return len(NOT_LETTER.sub("", text)), len("".join(text.split()))
 
 
 def _dup_share(items: list[str]) -> float:
@@ -41,35 +52,91 @@ def _dup_share(items: list[str]) -> float:
     return dup / total if total else 0.0
 
 
-def _ngram_shares(tokens: list[str]) -> tuple[dict[int, float], dict[int, float]]:
-    """Gopher's top n-gram and duplicated n-gram character shares (zip over slices keeps the loops in C)."""
-    lengths = [len(t) for t in tokens]
-    chars = sum(lengths) or 1
-    top: dict[int, float] = {}
-    for n in TOP_NGRAM_LIMITS:
-        grams = Counter(zip(*(tokens[i:] for i in range(n))))
-        top[n] = max((sum(map(len, g)) * c for g, c in grams.items() if c > 1), default=0) / chars
-    dup = dict.fromkeys(DUP_NGRAM_LIMITS, 0.0)
-    for n in sorted(DUP_NGRAM_LIMITS):
-        grams = list(zip(*(tokens[i:] for i in range(n))))
-        if len(set(grams)) == len(grams):
-            break  # no repeated n-gram, hence no repeated longer one either
-        covered = bytearray(len(tokens))
-        seen: set[tuple[str, ...]] = set()
-        for i, gram in enumerate(grams):
-            if gram in seen:
-                covered[i:i + n] = b"\x01" * n
-            else:
-                seen.add(gram)
-        dup[n] = sum(length for length, c in zip(lengths, covered) if c) / chars
-    return top, dup
+class _WordIds(dict):  # type: ignore[type-arg]
+    """Word -> small integer id, memoised across batches (exact: no hashing, so no collisions)."""
+
+    def __missing__(self, word: str) -> int:
+        value = self[word] = len(self)
+        return value
+
+
+_WORD_IDS = _WordIds()
+
+
+def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], dict[int, float]]]:
+    """Gopher's top n-gram and duplicated n-gram character shares for many texts at once.
+
+    All texts' tokens sit in one array and every n-gram gets an exact id (the rank of the pair (id of its first
+    n-1 words, last word), the text's index leading), so one sort per n serves the whole batch."""
+    if len(_WORD_IDS) > 200_000:
+        _WORD_IDS.clear()  # between batches only: ids must agree within one call
+    sizes = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    flat = [t for tokens in token_lists for t in tokens]
+    ids = np.fromiter(map(_WORD_IDS.__getitem__, flat), dtype=np.int64, count=len(flat))
+    lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
+    text = np.repeat(np.arange(len(token_lists)), sizes)
+    ends = np.repeat(np.cumsum(sizes), sizes)
+    left = ends - np.arange(len(flat))  # tokens from each position to the end of its text
+    chars = np.bincount(text, weights=lengths, minlength=len(token_lists))
+    chars[chars == 0] = 1
+    cum = np.concatenate(([0], np.cumsum(lengths)))
+    top = {n: np.zeros(len(token_lists)) for n in TOP_NGRAM_LIMITS}
+    dup = {n: np.zeros(len(token_lists)) for n in DUP_NGRAM_LIMITS}
+    rank = text * (len(_WORD_IDS) + 1) + ids  # 1-grams, the text leading
+    for n in range(2, max(DUP_NGRAM_LIMITS) + 1):
+        at = np.flatnonzero(left >= n)  # n-grams that stay inside their text
+        if not len(at):
+            break
+        pairs = np.full(len(flat), -1, dtype=np.int64)
+        pairs[at] = rank[at] * (len(_WORD_IDS) + 1) + ids[at + n - 1]
+        _, first, inverse, counts = np.unique(pairs[at], return_index=True, return_inverse=True, return_counts=True)
+        rank = np.full(len(flat), -1, dtype=np.int64)
+        rank[at] = inverse
+        first = at[first]  # position of each distinct gram's first occurrence
+        if n in TOP_NGRAM_LIMITS:
+            rep = counts > 1
+            value = (cum[first[rep] + n] - cum[first[rep]]) * counts[rep]  # every occurrence has the same text
+            np.maximum.at(top[n], text[first[rep]], value)
+        if n in DUP_NGRAM_LIMITS:
+            later = at[first[inverse] != at]  # occurrences after the first
+            if not len(later):
+                break  # no repeated n-gram, hence no repeated longer one either
+            edges = np.zeros(len(flat) + 1, dtype=np.int64)
+            np.add.at(edges, later, 1)
+            np.add.at(edges, later + n, -1)
+            covered = np.cumsum(edges[:-1]) > 0
+            dup[n] = np.bincount(text[covered], weights=lengths[covered], minlength=len(token_lists))
+    return [({n: float(top[n][i] / chars[i]) for n in top}, {n: float(dup[n][i] / chars[i]) for n in dup})
+            for i in range(len(token_lists))]
 
 
 def check_repetition(text: str, q: Any) -> tuple[Finding | None, dict[str, float]]:
-    prose = without_code(text)
+    return check_repetition_batch([text], q)[0]
+
+
+def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str] | None] | None = None
+                           ) -> list[tuple[Finding | None, dict[str, float]]]:
+    """Filter 6 for many answers; token_lists: their `words()` when already known (saves a tokenisation)."""
+    results: list[tuple[Finding | None, dict[str, float]]] = []
+    pending: list[tuple[int, str, list[str]]] = []  # (result index, prose, tokens) still to judge by words
+    for i, text in enumerate(texts):
+        prose = without_code(text) if "```" in text else text
+        finding, scores = _by_lines(prose, q)
+        results.append((finding, scores))
+        if finding is None:
+            known = token_lists[i] if token_lists and prose is text else None
+            pending.append((i, prose, known if known is not None else words(prose)))
+    long = [tokens for _, _, tokens in pending if len(tokens) >= 50]
+    shares = iter(ngram_shares(long) if long else [])
+    for i, prose, tokens in pending:
+        results[i] = _by_words(prose, tokens, next(shares) if len(tokens) >= 50 else None, results[i][1])
+    return results
+
+
+def _by_lines(prose: str, q: Any) -> tuple[Finding | None, dict[str, float]]:
     scores: dict[str, float] = {}
-    visible = len("".join(prose.split())) or 1
-    scores["alpha_share"] = len(NOT_LETTER.sub("", prose)) / visible
+    letters, visible = _letters_and_visible(prose)
+    scores["alpha_share"] = letters / (visible or 1)
     if len(prose.strip()) >= 40 and scores["alpha_share"] < q.min_alpha_share:
         return Finding("repetition", "non_text", f"{scores['alpha_share']:.2f} of characters are letters",
                        score=scores["alpha_share"]), scores
@@ -83,10 +150,13 @@ def check_repetition(text: str, q: Any) -> tuple[Finding | None, dict[str, float
     if len(paragraphs) >= 3 and scores["dup_paragraph_share"] > q.max_dup_line_share:
         return Finding("repetition", "repeated_paragraphs", f"{scores['dup_paragraph_share']:.2f} of characters",
                        score=scores["dup_paragraph_share"]), scores
-    tokens = words(prose)
-    spaced = prose.count(" ") >= max(len(prose) // 40, 1)  # CJK text has few spaces: no word statistics
-    if len(tokens) >= 50:
-        top, dup = _ngram_shares(tokens)
+    return None, scores
+
+
+def _by_words(prose: str, tokens: list[str], shares: Any, scores: dict[str, float]
+              ) -> tuple[Finding | None, dict[str, float]]:
+    if shares is not None:
+        top, dup = shares
         for n, share in top.items():
             scores[f"top_{n}gram_share"] = share
             if share > TOP_NGRAM_LIMITS[n]:
@@ -96,16 +166,21 @@ def check_repetition(text: str, q: Any) -> tuple[Finding | None, dict[str, float
             if share > DUP_NGRAM_LIMITS[n]:
                 return Finding("repetition", "repeated_ngrams", f"duplicated {n}-grams cover {share:.2f}",
                                score=share), scores
+    spaced = prose.count(" ") >= max(len(prose) // 40, 1)  # CJK text has few spaces: no word statistics
     if spaced and len(tokens) >= 20:
-        mean = sum(len(t) for t in tokens) / len(tokens)
+        mean = sum(map(len, tokens)) / len(tokens)
         scores["mean_word_length"] = mean
         if not 2.5 <= mean <= 12:
             return Finding("repetition", "word_length", f"mean word length {mean:.1f}", score=mean), scores
-        stops = sum(t in STOP_WORDS for t in tokens)
+        stops = 0
+        for token in tokens:  # only "fewer than two" matters: stop counting at two
+            stops += token in STOP_WORDS
+            if stops == 2:
+                break
         if stops < 2 and prose.isascii():
             return Finding("repetition", "no_stop_words", f"{stops} stop words in {len(tokens)} words",
                            score=stops), scores
-        body = HEADING.sub("", prose)  # Markdown headings are structure, not junk
+        body = HEADING.sub("", prose) if "#" in prose else prose  # Markdown headings are structure, not junk
         symbols = (body.count("...") + body.count("…") + body.count("#")) / len(tokens)
         scores["symbol_ratio"] = symbols
         if symbols > 0.1:

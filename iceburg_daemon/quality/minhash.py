@@ -14,6 +14,7 @@ _SHIFT = np.uint64(32)
 _SHINGLE_MIX = _RNG.integers(1, 1 << 31, size=16, dtype=np.uint64) | np.uint64(1)
 _BAND_MIX = _RNG.integers(1, 1 << 31, size=64, dtype=np.uint64) | np.uint64(1)
 _MASK32 = np.uint64(0xFFFFFFFF)
+_MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
 
 
 class _WordHashes(dict):  # type: ignore[type-arg]
@@ -33,33 +34,52 @@ def word_hashes(tokens: list[str]) -> np.ndarray:
     return np.fromiter(map(_WORD_HASHES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
-def shingle_hashes(tokens: list[str], n: int) -> np.ndarray:
-    """32-bit hashes of the word n-grams (the whole text as one shingle when it is shorter than n)."""
-    wh = word_hashes(tokens)
-    if len(wh) < n:
-        return np.array([int(np.sum(wh * _SHINGLE_MIX[: len(wh)]) & _MASK32)], dtype=np.uint64) if len(wh) else wh
-    count = len(wh) - n + 1
-    acc = np.zeros(count, dtype=np.uint64)
-    for j in range(n):
-        acc += wh[j : j + count] * _SHINGLE_MIX[j]  # wraps mod 2**64, then folded to 32 bits
-    return np.unique(acc & _MASK32)
+def shingle_hashes(token_lists: list[list[str]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of each text's word n-grams (the whole text as one shingle when it is shorter than n), all
+    texts in one array: (hashes, count per text). Repeats are kept: MinHash ignores them."""
+    sizes = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    wh = word_hashes([t for tokens in token_lists for t in tokens])
+    starts = np.cumsum(sizes) - sizes
+    acc = np.zeros(len(wh), dtype=np.uint64)
+    for j in range(n):  # acc[i] = sum_j wh[i + j] * mix[j], wrapping mod 2**64, for every start i
+        acc[: len(wh) - j] += wh[j:] * _SHINGLE_MIX[j]
+    counts = np.maximum(sizes - n + 1, np.minimum(sizes, 1))
+    short = np.flatnonzero((sizes < n) & (sizes > 0))
+    for i in short:  # the whole text is one shingle: only the first len(text) words contribute
+        acc[starts[i]] = np.sum(wh[starts[i] : starts[i] + sizes[i]] * _SHINGLE_MIX[: sizes[i]])
+    keep = np.repeat(starts, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    return acc[keep] & _MASK32, counts
 
 
-def signature(shingles: np.ndarray, perms: int) -> np.ndarray:
-    """MinHash over `perms` multiply-shift hashes (values below 2**32); empty input gives all-max."""
-    if len(shingles) == 0:
-        return np.full(perms, 0xFFFFFFFF, dtype=np.uint64)
+def signatures(hashes: np.ndarray, counts: np.ndarray, perms: int, chunk: int = 4096) -> np.ndarray:
+    """MinHash signatures (texts x perms): per text, the minimum over its shingle hashes of `perms`
+    multiply-shift hashes (values below 2**32; a text without shingles gives all-max)."""
+    out = np.full((len(counts), perms), 0xFFFFFFFF, dtype=np.uint64)
+    live = np.flatnonzero(counts)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    buf = np.empty((perms, chunk), dtype=np.uint64)
+    i = 0
+    while i < len(live):  # texts grouped so one group's hashes fit the buffer (kept small: cache-resident)
+        j = max(i + 1, int(np.searchsorted(ends[live], starts[live[i]] + chunk, side="right")))
+        lo, hi = starts[live[i]], ends[live[j - 1]]
+        if hi - lo > buf.shape[1]:
+            buf = np.empty((perms, hi - lo), dtype=np.uint64)
+        hashed = buf[:, : hi - lo]
+        with np.errstate(over="ignore"):
+            np.multiply(_A[:perms, None], hashes[None, lo:hi], out=hashed)
+            hashed += _B[:perms, None]
+        hashed >>= _SHIFT
+        out[live[i:j]] = np.minimum.reduceat(hashed, starts[live[i:j]] - lo, axis=1).T
+        i = j
+    return out
+
+
+def band_keys(sigs: np.ndarray, bands: int) -> np.ndarray:
+    """Signatures (n x perms) -> LSH keys (n x bands): equal bands give equal keys, and the band number is mixed
+    in so one key space serves all bands. Non-negative 63-bit values."""
+    rows = sigs.reshape(len(sigs), bands, sigs.shape[1] // bands)
     with np.errstate(over="ignore"):
-        return ((_A[:perms, None] * shingles[None, :] + _B[:perms, None]) >> _SHIFT).min(axis=1)
-
-
-def band_keys(sig: np.ndarray, bands: int) -> list[int]:
-    """One signed 63-bit key per band (SQLite INTEGER); equal bands give equal keys."""
-    rows = sig.reshape(bands, -1)
-    mixed = (rows * _BAND_MIX[: rows.shape[1]]).sum(axis=1)  # wraps mod 2**64
-    return [int(k) & 0x7FFF_FFFF_FFFF_FFFF for k in mixed]
-
-
-def similarity(sig: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity of sig against each row of others."""
-    return (others == sig[None, :]).mean(axis=1)
+        mixed = (rows * _BAND_MIX[: rows.shape[2]]).sum(axis=2, dtype=np.uint64)  # wraps mod 2**64
+        band_no = np.arange(bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (mixed & _MASK63) ^ (band_no & _MASK63)

@@ -157,4 +157,10 @@ MIGRATIONS: list[str] = [
         first_run TEXT NOT NULL              -- once held out, never trained on
     );
     """,
+    # v4: LSH band keys move to memory (rebuilt from lsh_sigs): random 64-bit keys in a B-tree made every batch
+    # rewrite most of its pages
+    """
+    DROP INDEX lsh_bands_key;
+    DROP TABLE lsh_bands;
+    """,
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +23,10 @@ class VerdictQueries:
             (after_id, limit),
         ).fetchall()
 
-    def add_verdict(self, row: dict[str, Any]) -> None:
-        self.conn.execute(
+    def add_verdicts(self, rows: list[dict[str, Any]]) -> None:
+        self.conn.executemany(
             f"INSERT INTO verdicts({', '.join(VERDICT_COLUMNS)}) VALUES ({', '.join('?' * len(VERDICT_COLUMNS))})",
-            tuple(row[c] for c in VERDICT_COLUMNS),  # extra keys (e.g. role, for counting) are not stored
+            [tuple(row[c] for c in VERDICT_COLUMNS) for row in rows],  # extra keys (e.g. role) are not stored
         )
 
     def current_verdict(self, record_id: int) -> sqlite3.Row | None:
@@ -42,7 +43,7 @@ class VerdictQueries:
         """`data refilter`: every current verdict becomes history and the derived indexes are emptied."""
         new = self.generation() + 1
         self.conn.execute("UPDATE verdicts SET current = 0 WHERE current = 1")
-        for table in ("exact_keys", "lsh_sigs", "lsh_bands", "template_clusters"):
+        for table in ("exact_keys", "lsh_sigs", "template_clusters"):
             self.conn.execute(f"DELETE FROM {table}")
         self.conn.execute("INSERT INTO meta(key, value) VALUES ('filter_generation', ?) ON CONFLICT(key) DO UPDATE"
                           " SET value = excluded.value", (str(new),))
@@ -68,41 +69,59 @@ class VerdictQueries:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM verdicts").fetchone()[0])
 
     # ---- exact keys -------------------------------------------------------------------------------------------
-    def exact_owner(self, key: str) -> int | None:
-        row = self.conn.execute("SELECT record_id FROM exact_keys WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else None
+    def exact_owners(self, keys: Iterable[str]) -> dict[str, int]:
+        return {k: r for k, r in self._in("SELECT key, record_id FROM exact_keys WHERE key IN ({})", (), keys)}
 
-    def add_exact_key(self, key: str, record_id: int) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO exact_keys(key, record_id) VALUES (?, ?)", (key, record_id))
+    def add_exact_keys(self, rows: list[tuple[str, int]]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO exact_keys(key, record_id) VALUES (?, ?)", rows)
 
     # ---- LSH indexes ------------------------------------------------------------------------------------------
-    def lsh_candidates(self, idx: int, keys: Iterable[int]) -> list[tuple[int, int | None, np.ndarray]]:
-        """(record_id, cluster_id, signature) of every indexed record sharing at least one band key."""
-        keys = list(keys)
-        rows = self.conn.execute(
-            f"SELECT s.record_id, s.cluster_id, s.sig FROM lsh_sigs s WHERE s.idx = ? AND s.record_id IN"
-            f" (SELECT record_id FROM lsh_bands WHERE idx = ? AND key IN ({', '.join('?' * len(keys))}))",
-            (idx, idx, *keys),
-        ).fetchall()
-        return [(r[0], r[1], np.frombuffer(r[2], dtype=np.uint32).astype(np.uint64)) for r in rows]
+    def lsh_signatures(self, idx: int, record_ids: Iterable[int]) -> dict[int, tuple[int | None, np.ndarray]]:
+        """record id -> (template cluster id, MinHash signature)."""
+        rows = self._in("SELECT record_id, cluster_id, sig FROM lsh_sigs WHERE idx = ? AND record_id IN ({})", (idx,),
+                        record_ids)
+        return {r[0]: (r[1], np.frombuffer(r[2], dtype=np.uint32).astype(np.uint64)) for r in rows}
 
-    def lsh_add(self, idx: int, record_id: int, keys: Iterable[int], sig: np.ndarray, cluster_id: int | None) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO lsh_sigs(idx, record_id, cluster_id, sig) VALUES (?, ?, ?, ?)",
-                          (idx, record_id, cluster_id, sig.astype(np.uint32).tobytes()))
-        self.conn.executemany("INSERT INTO lsh_bands(idx, key, record_id) VALUES (?, ?, ?)",
-                              [(idx, k, record_id) for k in keys])
+    def lsh_signature_chunks(self, idx: int, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored signature of one index: (record ids, signatures n x perms), a chunk at a time."""
+        cur = self.conn.execute("SELECT record_id, sig FROM lsh_sigs WHERE idx = ? ORDER BY record_id", (idx,))
+        while rows := cur.fetchmany(chunk):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            sigs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint32).reshape(len(rows), -1)
+            yield ids, sigs.astype(np.uint64)
+
+    def lsh_max_record_id(self, idx: int) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(record_id), 0) FROM lsh_sigs WHERE idx = ?",
+                                     (idx,)).fetchone()[0])
+
+    def add_lsh_signatures(self, rows: list[tuple[int, int, int | None, bytes]]) -> None:
+        """(idx, record id, cluster id, uint32 signature bytes)."""
+        self.conn.executemany("INSERT OR REPLACE INTO lsh_sigs(idx, record_id, cluster_id, sig) VALUES (?, ?, ?, ?)",
+                              rows)
 
     # ---- template clusters ------------------------------------------------------------------------------------
-    def new_cluster(self) -> int:
-        cur = self.conn.execute("INSERT INTO template_clusters(size, kept) VALUES (1, 1)")
-        return int(cur.lastrowid or 0)
+    def clusters(self, cluster_ids: Iterable[int]) -> dict[int, list[int]]:
+        """cluster id -> [size, kept]."""
+        rows = self._in("SELECT cluster_id, size, kept FROM template_clusters WHERE cluster_id IN ({})", (),
+                        cluster_ids)
+        return {r[0]: [r[1], r[2]] for r in rows}
 
-    def cluster(self, cluster_id: int) -> sqlite3.Row:
-        return self.conn.execute("SELECT * FROM template_clusters WHERE cluster_id = ?", (cluster_id,)).fetchone()
+    def max_cluster_id(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(cluster_id), 0) FROM template_clusters").fetchone()[0])
 
-    def grow_cluster(self, cluster_id: int, *, kept: bool) -> None:
-        self.conn.execute("UPDATE template_clusters SET size = size + 1, kept = kept + ? WHERE cluster_id = ?",
-                          (1 if kept else 0, cluster_id))
+    def put_clusters(self, rows: list[tuple[int, int, int]]) -> None:
+        """(cluster id, size, kept): new clusters and new sizes of existing ones."""
+        self.conn.executemany("INSERT INTO template_clusters(cluster_id, size, kept) VALUES (?, ?, ?) ON CONFLICT"
+                              "(cluster_id) DO UPDATE SET size = excluded.size, kept = excluded.kept", rows)
+
+    def _in(self, sql: str, params: tuple[Any, ...], values: Iterable[Any], chunk: int = 900) -> list[Any]:
+        """Run sql with its `IN ({})` filled by values, a chunk at a time (SQLite caps bound parameters)."""
+        values = list(values)
+        rows: list[Any] = []
+        for start in range(0, len(values), chunk):
+            part = values[start : start + chunk]
+            rows += self.conn.execute(sql.format(", ".join("?" * len(part))), (*params, *part)).fetchall()
+        return rows
 
     # ---- signals the filter consults --------------------------------------------------------------------------
     def signal_records(self, after_id: int) -> list[sqlite3.Row]:

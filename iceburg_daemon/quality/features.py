@@ -1,0 +1,55 @@
+"""A batch of stored rows -> what the filters need of each record, computed once and without the store: the
+parsed record, prompt and answer, the structure verdict, word list, exact key, MinHash sketches and the
+repetition verdict. Everything here is a pure function of the row and the config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from iceburg_daemon.quality.dedup import Sketch, exact_key, near_sketches, template_sketches
+from iceburg_daemon.quality.findings import Finding
+from iceburg_daemon.quality.heuristics import check_repetition_batch
+from iceburg_daemon.quality.structure import check_structure
+from iceburg_daemon.quality.text import answer as answer_of
+from iceburg_daemon.quality.text import prompt as prompt_of
+from iceburg_daemon.quality.text import words
+
+
+@dataclass
+class Features:
+    row: Any  # the store's records row
+    record: dict[str, Any]
+    prompt: str
+    answer: str
+    structure: Finding | None
+    exact: str | None = None  # exact-duplicate key
+    near: Sketch | None = None
+    template: Sketch | None = None
+    repetition: tuple[Finding | None, dict[str, float]] | None = None
+
+
+def extract(rows: list[Any], q: Any) -> list[Features]:
+    """Features of each row; a record that fails the structure filter gets nothing more computed."""
+    feats = []
+    for row in rows:
+        record = json.loads(row["canonical"])
+        f = Features(row, record, prompt_of(record), answer_of(record), None)
+        f.structure = check_structure(record, q)
+        feats.append(f)
+    live = [f for f in feats if f.structure is None]
+    tokens = [words(f.answer) for f in live]  # shared by the near, template and repetition filters
+    if q.exact_dedup:
+        for f in live:
+            f.exact = exact_key(f.prompt, f.answer)
+    if q.near_dedup:
+        for f, sketch in zip(live, near_sketches(tokens)):
+            f.near = sketch
+    if q.template:
+        for f, sketch in zip(live, template_sketches([f.prompt for f in live], [f.answer for f in live], tokens)):
+            f.template = sketch
+    if q.repetition:
+        for f, result in zip(live, check_repetition_batch([f.answer for f in live], q, tokens)):
+            f.repetition = result
+    return feats

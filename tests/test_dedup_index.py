@@ -1,0 +1,218 @@
+"""The batched duplicate index: the vectorised MinHash, the in-memory LSH bands and the batch-at-a-time checks
+give the same answers as the one-record-at-a-time definitions, across batches, processes and refilters."""
+
+import json
+import random
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from iceburg_daemon.config import load_config
+from iceburg_daemon.ingest import ingest_paths
+from iceburg_daemon.quality import bands as bands_module
+from iceburg_daemon.quality.bands import BandIndex
+from iceburg_daemon.quality.chain import FilterChain
+from iceburg_daemon.quality.minhash import _A, _B, _SHINGLE_MIX, band_keys, shingle_hashes, signatures, word_hashes
+from iceburg_daemon.store import Store
+from iceburg_daemon.store.schema import MIGRATIONS
+from iceburg_daemon.testing import chat_record, write_config, write_jsonl
+
+M64 = (1 << 64) - 1
+
+
+def _signature_by_definition(tokens, n, perms):
+    """One text, plain Python ints: word n-gram hashes, then the minimum of each multiply-shift hash."""
+    wh = [int(h) for h in word_hashes(tokens)]
+    mix = [int(m) for m in _SHINGLE_MIX]
+    if not wh:
+        return [0xFFFFFFFF] * perms
+    spans = [wh] if len(wh) < n else [wh[i:i + n] for i in range(len(wh) - n + 1)]
+    shingles = [sum(h * m for h, m in zip(span, mix)) & M64 & 0xFFFFFFFF for span in spans]
+    return [min(((int(_A[p]) * s + int(_B[p])) & M64) >> 32 for s in shingles) for p in range(perms)]
+
+
+def test_batched_minhash_matches_the_definition_text_by_text():
+    rng = random.Random(5)
+    vocab = [f"w{i}" for i in range(300)]
+    texts = [[], ["one"], ["two", "words"], ["a", "b", "c", "d"]]  # empty and shorter than the shingle
+    texts += [[rng.choice(vocab) for _ in range(rng.randint(5, 400))] for _ in range(60)]
+    for n, perms in ((5, 64), (4, 32)):
+        got = signatures(*shingle_hashes(texts, n), perms, chunk=256)  # small chunks: many groups
+        for tokens, sig in zip(texts, got, strict=True):
+            assert sig.tolist() == _signature_by_definition(tokens, n, perms)
+
+
+def test_band_keys_mix_the_band_number_into_each_band():
+    sigs = np.random.default_rng(0).integers(0, 2**32, size=(20, 64), dtype=np.uint64)
+    keys = band_keys(sigs, 16)
+    assert keys.shape == (20, 16) and int(keys.max()) < 2**63
+    same = sigs.copy()
+    same[:, 4:] = 0  # only band 0 (hashes 0-3) kept
+    assert (band_keys(same, 16)[:, 0] == keys[:, 0]).all()
+    twin = np.tile(sigs[:1, :4], (1, 16))  # the same four values in every band still give 16 different keys
+    assert len(set(band_keys(twin, 16)[0].tolist())) == 16
+
+
+def test_band_index_finds_what_a_dict_finds_before_and_after_merging(monkeypatch):
+    monkeypatch.setattr(bands_module, "MERGE_AFTER", 50)
+    rng = random.Random(2)
+    index, reference = BandIndex(), {}
+    keys = [rng.getrandbits(63) for _ in range(40)]  # few keys: many records share each
+    loaded = np.array([[rng.choice(keys) for _ in range(4)] for _ in range(30)], dtype=np.uint64)
+    index.extend(loaded, np.arange(1, 31))
+    for record_id, row in zip(range(1, 31), loaded.tolist(), strict=True):
+        for k in row:
+            reference.setdefault(k, []).append(record_id)
+    for record_id in range(31, 100):  # crosses MERGE_AFTER twice
+        row = [rng.choice(keys) for _ in range(4)] + [rng.getrandbits(63)]
+        index.add(row, record_id)
+        for k in row:
+            reference.setdefault(k, []).append(record_id)
+        query = [*rng.sample(keys, 5), row[-1], rng.getrandbits(63)]
+        found = index.lookup(query)
+        assert {k: sorted(v) for k, v in found.items()} == {k: sorted(reference[k]) for k in query if k in reference}
+    assert index.recent_count < 50 and index.max_id == 99
+
+
+def test_the_most_similar_candidate_wins_and_ties_go_to_the_oldest(cfg):
+    from iceburg_daemon.quality.dedup import NEAR_BANDS, NEAR_INDEX, DuplicateIndex
+
+    store = Store.open(cfg.db_path)
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2**32, size=64, dtype=np.uint64)
+    far = base.copy()
+    far[8:] = rng.integers(0, 2**32, size=56, dtype=np.uint64)  # shares bands 0-1 only: 8/64 similar
+    rows = [(NEAR_INDEX, 1, None, far), (NEAR_INDEX, 2, None, base), (NEAR_INDEX, 3, None, base.copy())]
+    with store.transaction():
+        store.add_lsh_signatures([(i, r, c, sig.astype(np.uint32).tobytes()) for i, r, c, sig in rows])
+    query = base.copy()
+    query[63] ^= np.uint64(1)  # one hash differs: 63/64
+    keys = band_keys(query[None, :], NEAR_BANDS)[0].tolist()
+    index = DuplicateIndex(store, cfg.quality)
+    index.load(store.generation(), [], [keys], [])
+    finding, best = index.check_near((keys, query))
+    assert (finding.duplicate_of, best) == (2, 63 / 64)  # not 1 (less similar), not 3 (as similar, but newer)
+    store.close()
+
+
+def _corpus(seed):
+    rng = random.Random(seed)
+    topics = ["tidal energy", "coral bleaching", "river deltas", "glacier retreat", "monetary policy"]
+    records = [chat_record(i, answer_bytes=rng.randint(300, 1200), seed=seed) for i in range(120)]
+    for i in range(40):  # a template nobody showed the filter
+        t = f"{rng.choice(topics)} near site {i}"
+        records.append({"messages": [{"role": "user", "content": f"Summarise {t}."}, {"role": "assistant", "content": (
+            f"Summary of {t}: studies of {t} agree on little. Local conditions shape {t}; models of {t} disagree on "
+            f"feedbacks; monitoring of {t} is thin. Treat claims about {t} with care until they are replicated.")}],
+            "metadata": {"agent_type": "synthesist"}})
+    for i in range(30):  # near duplicates (a few words changed) and exact ones (case only)
+        near = json.loads(json.dumps(records[i]))
+        words = near["messages"][-1]["content"].split(" ")
+        for _ in range(2 if i % 2 else 25):
+            words[rng.randrange(len(words))] = "changed"
+        near["messages"][-1]["content"] = " ".join(words)
+        near["messages"][0]["content"] += " Again."
+        exact = json.loads(json.dumps(records[40 + i]))
+        exact["messages"][-1]["content"] = exact["messages"][-1]["content"].upper()
+        records += [near, exact]
+    rng.shuffle(records)
+    return records
+
+
+def _verdicts(tmp_path, batch_size, records):
+    cfg = load_config(write_config(tmp_path / f"home{batch_size}", f"[quality]\nbatch_size = {batch_size}\n"),
+                      env={})
+    store = Store.open(cfg.db_path)
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / f"c{batch_size}.jsonl", records)])
+    FilterChain(cfg, store, clock=lambda: 0.0).run()
+    rows = store.conn.execute("SELECT record_id, verdict, filter, reason, detail, score, duplicate_of, cluster_id,"
+                              " scores FROM verdicts WHERE current = 1 ORDER BY record_id").fetchall()
+    store.close()
+    return [tuple(r) for r in rows]
+
+
+def test_verdicts_do_not_depend_on_the_batch_size(tmp_path):
+    records = _corpus(11)
+    one_by_one, batched = _verdicts(tmp_path, 1, records), _verdicts(tmp_path, 500, records)
+    assert one_by_one == batched
+    reasons = {r[3] for r in batched}
+    assert {"near_duplicate", "exact_duplicate", "template", None} <= reasons
+
+
+def _chain(tmp_path):
+    cfg = load_config(write_config(tmp_path / "home"), env={})
+    return cfg, Store.open(cfg.db_path)
+
+
+def _judge(cfg, store, chain, records, name):
+    before = store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
+    ingest_paths(cfg, store, [write_jsonl(cfg.data_dir.parent / name, records)])
+    chain.run()
+    return store.conn.execute("SELECT v.reason, v.duplicate_of FROM verdicts v WHERE v.current = 1 AND"
+                              " v.record_id > ? ORDER BY v.record_id", (before,)).fetchall()
+
+
+def _near_copy(record):
+    copy = json.loads(json.dumps(record))
+    copy["messages"][-1]["content"] = copy["messages"][-1]["content"].replace(" the ", " this ", 1)
+    copy["messages"][0]["content"] += " Once more."
+    return copy
+
+
+def test_another_process_adding_rows_is_seen_before_the_next_batch(tmp_path):
+    cfg, store = _chain(tmp_path)
+    other = Store.open(cfg.db_path)  # a second connection: what another iceburgd process would write
+    a, b = FilterChain(cfg, store, clock=time.time), FilterChain(cfg, other, clock=time.time)
+    first, second = chat_record(1, answer_bytes=900, seed=3), chat_record(2, answer_bytes=900, seed=3)
+    assert [r[0] for r in _judge(cfg, store, a, [first], "1.jsonl")] == [None]
+    assert [r[0] for r in _judge(cfg, other, b, [second], "2.jsonl")] == [None]
+    got = _judge(cfg, store, a, [_near_copy(first), _near_copy(second)], "3.jsonl")
+    assert [r[0] for r in got] == ["near_duplicate", "near_duplicate"]
+    assert [r[1] for r in got] == [1, 2]
+    other.close()
+    store.close()
+
+
+def test_refilter_in_the_same_process_starts_the_bands_afresh(tmp_path):
+    cfg, store = _chain(tmp_path)
+    chain = FilterChain(cfg, store, clock=time.time)
+    record = chat_record(1, answer_bytes=900, seed=4)
+    assert [r[0] for r in _judge(cfg, store, chain, [record, _near_copy(record)], "1.jsonl")] == [
+        None, "near_duplicate"]
+    with store.transaction():
+        store.start_new_generation()
+    chain.run()
+    rows = store.conn.execute("SELECT reason, duplicate_of FROM verdicts WHERE current = 1 ORDER BY record_id")
+    assert [tuple(r) for r in rows] == [(None, None), ("near_duplicate", 1)]  # not a duplicate of itself
+    store.close()
+
+
+def test_v3_stores_lose_the_band_table_and_keep_finding_duplicates(tmp_path):
+    cfg, store = _chain(tmp_path)
+    chain = FilterChain(cfg, store, clock=time.time)
+    record = chat_record(1, answer_bytes=900, seed=6)
+    _judge(cfg, store, chain, [record], "1.jsonl")
+    store.close()
+    conn = sqlite3.connect(cfg.db_path)  # back to v3, as an older iceburgd left it
+    conn.executescript("CREATE TABLE lsh_bands (idx INTEGER NOT NULL, key INTEGER NOT NULL, record_id INTEGER"
+                       " NOT NULL); CREATE INDEX lsh_bands_key ON lsh_bands(idx, key); PRAGMA user_version = 3;")
+    conn.close()
+    store = Store.open(cfg.db_path)
+    assert store.schema_version() == len(MIGRATIONS)
+    assert not store.conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'lsh_bands%'").fetchall()
+    got = _judge(cfg, store, FilterChain(cfg, store, clock=time.time), [_near_copy(record)], "2.jsonl")
+    assert [tuple(r) for r in got] == [("near_duplicate", 1)]
+    store.close()
+
+
+@pytest.mark.parametrize("text", ["plain words, digits 42 and_underscores", "tabs\tand\x1cfile\x1fseparators!",
+                                  "Ünïcode façade — naïve", "  \n\n  ", "###...", "日本語のテキスト"])
+def test_fast_text_measures_match_their_regex_definitions(text):
+    from iceburg_daemon.quality.heuristics import NOT_LETTER, _letters_and_visible
+    from iceburg_daemon.quality.text import _PUNCT, _SPACE, normalise
+
+    assert _letters_and_visible(text) == (len(NOT_LETTER.sub("", text)), len("".join(text.split())))
+    folded = text.lower() if text.isascii() else __import__("unicodedata").normalize("NFKC", text).casefold()
+    assert normalise(text) == _SPACE.sub(" ", _PUNCT.sub(" ", folded)).strip()
