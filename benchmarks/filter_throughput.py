@@ -1,7 +1,8 @@
 """Ingest plus the whole filter chain over N realistic records: records/s, the cost of each filter, and the
 near-duplicate index's size per record with a projection to 1M records.
 
-Usage: python benchmarks/filter_throughput.py [N]   (default 100,000)
+Usage: python benchmarks/filter_throughput.py [N] [--no-semantic]   (default 100,000 records, hash embedder;
+--no-semantic: no embedding provider, the default config, so filter 8 is off)
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def _timed(owner: Any, name: str, totals: dict[str, float]) -> None:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 100_000
+    provider = "none" if "--no-semantic" in sys.argv else "hash"  # none: the default config (no embeddings)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = write_jsonl(root / "records.jsonl", chat_lines(n, answer_bytes=1100))
-        cfg = load_config(write_config(root / "home", "[embedding]\nprovider = 'hash'\n"), env={})
+        cfg = load_config(write_config(root / "home", f"[embedding]\nprovider = '{provider}'\n"), env={})
         store = Store.open(cfg.db_path)
         t0 = time.perf_counter()
         ingest_paths(cfg, store, [data])
@@ -83,11 +86,12 @@ def main() -> None:
             bands.compact()  # recent additions sit in a dict until MERGE_AFTER; measure the steady state
         band_bytes = sum(b.nbytes() for b in chain.index.bands.values())
         store.close()
-        index_bytes = sum(p.stat().st_size for p in cfg.index_dir.rglob("*") if p.is_file())
+        index_bytes = sum(p.stat().st_size for p in cfg.index_dir.rglob("*") if p.is_file()) \
+            if cfg.index_dir.exists() else 0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"records: {n} (~1.4 KB each), accepted {accepted}, rejected {n - accepted}")
     print(f"ingest:            {n / t_ingest:9,.0f} records/s ({t_ingest:.1f} s)")
-    print(f"filter chain:      {n / t_filter:9,.0f} records/s ({t_filter:.1f} s, all filters, hash embedder)")
+    print(f"filter chain:      {n / t_filter:9,.0f} records/s ({t_filter:.1f} s, all filters, embedder: {provider})")
     print(f"ingest + filter:   {n / (t_ingest + t_filter):9,.0f} records/s  (target >= 5,000)")
     print("cost per filter (wall time inside each call):")
     for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
@@ -99,8 +103,9 @@ def main() -> None:
     per = band_bytes / max(near_rows, 1)
     print(f"LSH band keys in memory (near + template): {band_bytes / 1e6:.1f} MB = {per:.0f} B/record; projected 1M"
           f" records: {per * 1e6 / 1e9:.2f} GB of memory, linear (target < 1 GB)")
-    print(f"semantic index (ChromaDB, 384-d): {index_bytes / 1e6:.1f} MB = {index_bytes / max(accepted, 1):.0f}"
-          f" B/record; projected 1M: {index_bytes / max(accepted, 1) * 1e6 / 1e9:.2f} GB on disk")
+    if index_bytes:
+        print(f"semantic index (ChromaDB, 384-d): {index_bytes / 1e6:.1f} MB = {index_bytes / max(accepted, 1):.0f}"
+              f" B/record; projected 1M: {index_bytes / max(accepted, 1) * 1e6 / 1e9:.2f} GB on disk")
     print(f"process peak RSS: {rss:.0f} MB (ChromaDB keeps the semantic HNSW index in memory; exact keys and"
           " signatures are read from SQLite pages as needed)")
 

@@ -211,8 +211,9 @@ def test_v3_stores_lose_the_band_table_and_keep_finding_duplicates(tmp_path):
                                   "Ünïcode façade — naïve", "  \n\n  ", "###...", "日本語のテキスト"])
 def test_fast_text_measures_match_their_regex_definitions(text):
     from iceburg_daemon.quality.heuristics import NOT_LETTER, _letters_and_visible
-    from iceburg_daemon.quality.text import _PUNCT, _SPACE, normalise
+    from iceburg_daemon.quality.text import _PUNCT, _SPACE, WORD, normalise, words
 
     assert _letters_and_visible(text) == (len(NOT_LETTER.sub("", text)), len("".join(text.split())))
     folded = text.lower() if text.isascii() else __import__("unicodedata").normalize("NFKC", text).casefold()
     assert normalise(text) == _SPACE.sub(" ", _PUNCT.sub(" ", folded)).strip()
+    assert words(text) == WORD.findall(text.casefold())

@@ -66,8 +66,9 @@ _WORD_IDS = _WordIds()
 def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], dict[int, float]]]:
     """Gopher's top n-gram and duplicated n-gram character shares for many texts at once.
 
-    All texts' tokens sit in one array and every n-gram gets an exact id (the rank of the pair (id of its first
-    n-1 words, last word), the text's index leading), so one sort per n serves the whole batch."""
+    All texts' tokens sit in one array. An n-gram can only repeat where its first n-1 words repeat, so each n
+    looks only at those positions, and gives each n-gram there an exact id: the rank of (id of its first n-1
+    words, its last word), with the text's index leading so n-grams never match across texts."""
     if len(_WORD_IDS) > 200_000:
         _WORD_IDS.clear()  # between batches only: ids must agree within one call
     sizes = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
@@ -75,30 +76,24 @@ def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], d
     ids = np.fromiter(map(_WORD_IDS.__getitem__, flat), dtype=np.int64, count=len(flat))
     lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
     text = np.repeat(np.arange(len(token_lists)), sizes)
-    ends = np.repeat(np.cumsum(sizes), sizes)
-    left = ends - np.arange(len(flat))  # tokens from each position to the end of its text
+    left = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(flat))  # tokens from each position to its text's end
     chars = np.bincount(text, weights=lengths, minlength=len(token_lists))
     chars[chars == 0] = 1
     cum = np.concatenate(([0], np.cumsum(lengths)))
     top = {n: np.zeros(len(token_lists)) for n in TOP_NGRAM_LIMITS}
     dup = {n: np.zeros(len(token_lists)) for n in DUP_NGRAM_LIMITS}
-    rank = text * (len(_WORD_IDS) + 1) + ids  # 1-grams, the text leading
-    for n in range(2, max(DUP_NGRAM_LIMITS) + 1):
-        at = np.flatnonzero(left >= n)  # n-grams that stay inside their text
-        if not len(at):
-            break
-        pairs = np.full(len(flat), -1, dtype=np.int64)
-        pairs[at] = rank[at] * (len(_WORD_IDS) + 1) + ids[at + n - 1]
-        _, first, inverse, counts = np.unique(pairs[at], return_index=True, return_inverse=True, return_counts=True)
-        rank = np.full(len(flat), -1, dtype=np.int64)
-        rank[at] = inverse
-        first = at[first]  # position of each distinct gram's first occurrence
+    base = len(_WORD_IDS) + 1
+    at = np.arange(len(flat))  # positions whose (n-1)-gram occurs more than once (all, for words)
+    rank = text * base + ids  # id of the (n-1)-gram at each position of `at`
+    for n in range(1, max(DUP_NGRAM_LIMITS) + 1):
+        keys = rank if n == 1 else rank * base + ids[at + n - 1]
+        _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
         if n in TOP_NGRAM_LIMITS:
-            rep = counts > 1
-            value = (cum[first[rep] + n] - cum[first[rep]]) * counts[rep]  # every occurrence has the same text
-            np.maximum.at(top[n], text[first[rep]], value)
+            rep = np.flatnonzero(counts > 1)
+            start = at[first[rep]]  # every occurrence of an n-gram has the same characters
+            np.maximum.at(top[n], text[start], (cum[start + n] - cum[start]) * counts[rep])
         if n in DUP_NGRAM_LIMITS:
-            later = at[first[inverse] != at]  # occurrences after the first
+            later = at[first[inverse] != np.arange(len(at))]  # occurrences after the first
             if not len(later):
                 break  # no repeated n-gram, hence no repeated longer one either
             edges = np.zeros(len(flat) + 1, dtype=np.int64)
@@ -106,6 +101,10 @@ def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], d
             np.add.at(edges, later + n, -1)
             covered = np.cumsum(edges[:-1]) > 0
             dup[n] = np.bincount(text[covered], weights=lengths[covered], minlength=len(token_lists))
+        keep = (counts[inverse] > 1) & (left[at] > n)  # repeated, and an (n+1)-gram fits after it
+        at, rank = at[keep], inverse[keep]
+        if not len(at):
+            break
     return [({n: float(top[n][i] / chars[i]) for n in top}, {n: float(dup[n][i] / chars[i]) for n in dup})
             for i in range(len(token_lists))]
 

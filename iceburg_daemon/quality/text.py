@@ -42,7 +42,14 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
+_ASCII_NOT_WORD = bytes.maketrans(bytes(c for c in range(128) if not WORD.match(chr(c))),
+                                  b" " * sum(1 for c in range(128) if not WORD.match(chr(c))))
+
+
 def words(text: str) -> list[str]:
+    """The casefolded \\w+ runs of text (ASCII text: the same list, split in C)."""
+    if text.isascii():
+        return text.lower().encode("ascii").translate(_ASCII_NOT_WORD).decode("ascii").split()
     return WORD.findall(text.casefold())
 
 
