@@ -3,7 +3,9 @@
 A Qwen2.5-0.5B-shaped model with random weights (no download), LoRA r16 on every linear layer, chat-like
 examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful (non-padding) tokens/s per
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
-packed-row isolation check. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
+packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
+while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
+[--variants attn:row:micro[:compile],...] [--variant-timeout 240]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,45 +156,67 @@ def _peak() -> float:
     return round(peak, 1)
 
 
+def run_one(spec: str, seconds: float) -> dict:
+    """One variant in this process: `naive` or attention:row:micro[:compile]."""
+    data = examples(6000)
+    n_params = sum(p.numel() for p in qwen05("sdpa").parameters())
+    torch.cuda.empty_cache()
+    if spec == "naive":
+        r = naive_padded(data, 8, seconds)
+    else:
+        attn, row, micro, *flags = spec.split(":")
+        r = project(data, attn, int(row), int(micro), seconds, bool(flags))
+        try:
+            r["isolation"] = isolation(attn)
+        except Exception as exc:  # noqa: BLE001 - report, go on
+            r["isolation"] = f"failed: {exc!r}"[:300]
+    r["mfu"] = round(4 * n_params * r["tokens_per_s"] / PEAK, 4)
+    r["params"] = n_params
+    return r
+
+
+def _name(spec: str) -> str:
+    if spec == "naive":
+        return "naive_padded_8rows"
+    attn, row, micro, *flags = spec.split(":")
+    return f"project_{attn}_row{row}_micro{micro}" + ("_compiled" if flags else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=25)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--variants", default="sdpa:4096:4,flex_attention:8192:2,flex_attention:8192:2:compile")
+    ap.add_argument("--variant-timeout", type=float, default=240, help="seconds per variant (compiles included)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = ap.parse_args()
-    data = examples(6000)
-    n_params = sum(p.numel() for p in qwen05("sdpa").parameters())
-    torch.cuda.empty_cache()
-    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": n_params}
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args.seconds)), flush=True)
+        return
     import transformers
-    results["transformers"] = transformers.__version__
+
+    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                     "transformers": transformers.__version__}
 
     def save() -> None:
         print(json.dumps(results, indent=2), flush=True)
         if args.out:
             args.out.write_text(json.dumps(results, indent=2))
 
-    results["naive_padded_8rows"] = naive_padded(data, 8, args.seconds)
-    save()
-    base = results["naive_padded_8rows"]["tokens_per_s"]
-    for spec in args.variants.split(","):
-        attn, row, micro, *flags = spec.split(":")
-        name = f"project_{attn}_row{row}_micro{micro}" + ("_compiled" if flags else "")
+    # Each variant in its own process with its own time limit: a compile that hangs loses one variant, not all.
+    for spec in ["naive", *args.variants.split(",")]:
+        name = _name(spec)
+        cmd = [sys.executable, __file__, "--one", spec, "--seconds", str(args.seconds)]
         try:
-            r = project(data, attn, int(row), int(micro), args.seconds, bool(flags))
-            r["speedup_vs_naive"] = round(r["tokens_per_s"] / base, 2)
-            r["mfu"] = round(4 * n_params * r["tokens_per_s"] / PEAK, 4)
-            try:
-                r["isolation"] = isolation(attn)
-            except Exception as exc:  # noqa: BLE001 - report, go on
-                r["isolation"] = f"failed: {exc!r}"[:300]
-        except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
-            r = {"error": repr(exc)[:500]}
-            torch.cuda.empty_cache()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout, check=False)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            r = json.loads(line[7:]) if line else {"error": (done.stderr or done.stdout)[-800:]}
+        except subprocess.TimeoutExpired:
+            r = {"error": f"ran past {args.variant_timeout:.0f} s (compiling included)"}
+        if spec != "naive" and "tokens_per_s" in r and "tokens_per_s" in results["naive_padded_8rows"]:
+            r["speedup_vs_naive"] = round(r["tokens_per_s"] / results["naive_padded_8rows"]["tokens_per_s"], 2)
         results[name] = r
         save()
-    results["naive_padded_8rows"]["mfu"] = round(4 * n_params * base / PEAK, 4)
-    save()
 
 
 if __name__ == "__main__":

@@ -56,24 +56,25 @@ def test_band_keys_mix_the_band_number_into_each_band():
 
 
 def test_band_index_finds_what_a_dict_finds_before_and_after_merging(monkeypatch):
-    monkeypatch.setattr(bands_module, "MERGE_AFTER", 50)
+    monkeypatch.setattr(bands_module, "MERGE_AFTER", 40)
     rng = random.Random(2)
     index, reference = BandIndex(), {}
     keys = [rng.getrandbits(63) for _ in range(40)]  # few keys: many records share each
-    loaded = np.array([[rng.choice(keys) for _ in range(4)] for _ in range(30)], dtype=np.uint64)
-    index.extend(loaded, np.arange(1, 31))
-    for record_id, row in zip(range(1, 31), loaded.tolist(), strict=True):
-        for k in row:
-            reference.setdefault(k, []).append(record_id)
-    for record_id in range(31, 100):  # crosses MERGE_AFTER twice
-        row = [rng.choice(keys) for _ in range(4)] + [rng.getrandbits(63)]
-        index.add(row, record_id)
-        for k in row:
-            reference.setdefault(k, []).append(record_id)
-        query = [*rng.sample(keys, 5), row[-1], rng.getrandbits(63)]
+    next_id, merged = 1, 0
+    for _ in range(40):  # batches of 1-4 records, 5 keys each; crosses MERGE_AFTER several times
+        rows = [[rng.choice(keys) for _ in range(4)] + [rng.getrandbits(63)] for _ in range(rng.randint(1, 4))]
+        ids = list(range(next_id, next_id + len(rows)))
+        next_id += len(rows)
+        before = len(index.keys)
+        index.add(np.array(rows, dtype=np.uint64), np.array(ids))
+        merged += len(index.keys) > before
+        for record_id, row in zip(ids, rows, strict=True):
+            for k in row:
+                reference.setdefault(k, []).append(record_id)
+        query = [*rng.sample(keys, 5), rows[-1][-1], rng.getrandbits(63)]
         found = index.lookup(query)
         assert {k: sorted(v) for k, v in found.items()} == {k: sorted(reference[k]) for k in query if k in reference}
-    assert index.recent_count < 50 and index.max_id == 99
+    assert merged >= 3 and index.max_id == next_id - 1 and len(index) == sum(map(len, reference.values()))
 
 
 def test_the_most_similar_candidate_wins_and_ties_go_to_the_oldest(cfg):
@@ -217,3 +218,20 @@ def test_fast_text_measures_match_their_regex_definitions(text):
     folded = text.lower() if text.isascii() else __import__("unicodedata").normalize("NFKC", text).casefold()
     assert normalise(text) == _SPACE.sub(" ", _PUNCT.sub(" ", folded)).strip()
     assert words(text) == WORD.findall(text.casefold())
+
+
+def test_a_long_lived_chain_sees_new_records_and_a_refilter_made_elsewhere(tmp_path):
+    cfg, store = _chain(tmp_path)
+    chain = FilterChain(cfg, store, clock=time.time)  # as in the daemon: one chain, many runs
+    records = [chat_record(i, answer_bytes=600, seed=8) for i in range(6)]
+    _judge(cfg, store, chain, records[:3], "1.jsonl")
+    assert chain.run() == {}  # nothing pending: nothing judged
+    other = Store.open(cfg.db_path)  # another process stores records, then refilters
+    ingest_paths(cfg, other, [write_jsonl(tmp_path / "2.jsonl", records[3:])])
+    assert sum(chain.run().values()) == 3
+    with other.transaction():
+        other.start_new_generation()
+    assert sum(chain.run().values()) == 6
+    assert store.conn.execute("SELECT COUNT(*) FROM verdicts WHERE current = 1 AND generation = 2").fetchone()[0] == 6
+    other.close()
+    store.close()

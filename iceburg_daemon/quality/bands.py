@@ -1,5 +1,6 @@
-"""LSH band key -> record ids, in memory: a sorted array (binary search for a whole batch of keys at once) plus a
-dict of recent additions merged in now and then.
+"""LSH band key -> record ids, in memory: two sorted arrays (binary search for a whole batch of keys at once), a
+large one and a recent one that each batch is merged into, the recent one merged into the large one when it has
+grown to an eighth of it (so the copying stays proportional to what is added).
 
 The keys are a pure function of the signatures the store keeps (`lsh_sigs`), so this index is rebuilt from the
 store when a process starts instead of being stored: a B-tree of random 64-bit keys on disk cost every batch a
@@ -13,64 +14,52 @@ from collections.abc import Iterable
 
 import numpy as np
 
-MERGE_AFTER = 200_000  # recent keys kept in a dict before they are merged into the sorted arrays
+MERGE_AFTER = 200_000  # the recent array is merged into the large one past this many keys (or an eighth of it)
 
 
 class BandIndex:
     def __init__(self) -> None:
-        self.keys = np.empty(0, dtype=np.uint64)  # sorted
-        self.ids = np.empty(0, dtype=np.int64)  # record id of each key
-        self.recent: dict[int, list[int]] = {}
-        self.recent_count = 0
+        self.keys = self.recent_keys = np.empty(0, dtype=np.uint64)  # each sorted
+        self.ids = self.recent_ids = np.empty(0, dtype=np.int64)  # the record id of each key
         self.max_id = 0
 
     def __len__(self) -> int:
-        return len(self.keys) + self.recent_count
+        return len(self.keys) + len(self.recent_keys)
 
     def nbytes(self) -> int:
-        return int(self.keys.nbytes + self.ids.nbytes)
+        return int(self.keys.nbytes + self.ids.nbytes + self.recent_keys.nbytes + self.recent_ids.nbytes)
 
-    def extend(self, keys: np.ndarray, record_ids: np.ndarray) -> None:
-        """Bulk load: keys (n x bands) of n records."""
+    def add(self, keys: np.ndarray, record_ids: np.ndarray) -> None:
+        """keys: (records x bands) of the records with these ids."""
         if not len(keys):
             return
-        flat = np.concatenate([self.keys, keys.ravel()])
-        ids = np.concatenate([self.ids, np.repeat(record_ids.astype(np.int64), keys.shape[1])])
+        flat = np.ascontiguousarray(keys, dtype=np.uint64).ravel()
+        ids = np.repeat(np.asarray(record_ids, dtype=np.int64), keys.shape[1])
         order = np.argsort(flat, kind="stable")
-        self.keys, self.ids = flat[order], ids[order]
-        self.max_id = max(self.max_id, int(record_ids.max()))
-
-    def add(self, keys: Iterable[int], record_id: int) -> None:
-        for key in keys:
-            self.recent.setdefault(int(key), []).append(record_id)
-            self.recent_count += 1
-        self.max_id = max(self.max_id, record_id)
-        if self.recent_count >= MERGE_AFTER:
+        self.recent_keys, self.recent_ids = _merge(self.recent_keys, self.recent_ids, flat[order], ids[order])
+        self.max_id = max(self.max_id, int(ids.max()))
+        if len(self.recent_keys) > max(MERGE_AFTER, len(self.keys) // 8):
             self.compact()
+
+    def compact(self) -> None:
+        """Merge the recent array into the large one."""
+        self.keys, self.ids = _merge(self.keys, self.ids, self.recent_keys, self.recent_ids)
+        self.recent_keys, self.recent_ids = self.recent_keys[:0], self.recent_ids[:0]
 
     def lookup(self, keys: Iterable[int]) -> dict[int, list[int]]:
         """key -> record ids, for the keys that have any."""
         query = np.unique(np.fromiter(keys, dtype=np.uint64))
-        left = np.searchsorted(self.keys, query, side="left")
-        right = np.searchsorted(self.keys, query, side="right")
         found: dict[int, list[int]] = {}
-        for i in np.flatnonzero(right > left):
-            found[int(query[i])] = self.ids[left[i] : right[i]].tolist()
-        if self.recent:
-            for key in query.tolist():
-                more = self.recent.get(key)
-                if more:
-                    found.setdefault(key, []).extend(more)
+        for sorted_keys, ids in ((self.keys, self.ids), (self.recent_keys, self.recent_ids)):
+            left = np.searchsorted(sorted_keys, query, side="left")
+            right = np.searchsorted(sorted_keys, query, side="right")
+            for i in np.flatnonzero(right > left):
+                found.setdefault(int(query[i]), []).extend(ids[left[i] : right[i]].tolist())
         return found
 
-    def compact(self) -> None:
-        """Merge the recent additions into the sorted arrays."""
-        if not self.recent:
-            return
-        keys = np.fromiter((k for k, ids in self.recent.items() for _ in ids), dtype=np.uint64, count=self.recent_count)
-        ids = np.fromiter((i for v in self.recent.values() for i in v), dtype=np.int64, count=self.recent_count)
-        order = np.argsort(keys, kind="stable")
-        keys, ids = keys[order], ids[order]
-        at = np.searchsorted(self.keys, keys, side="right")
-        self.keys, self.ids = np.insert(self.keys, at, keys), np.insert(self.ids, at, ids)
-        self.recent, self.recent_count = {}, 0
+
+def _merge(keys: np.ndarray, ids: np.ndarray, more_keys: np.ndarray, more_ids: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted (key, id) arrays -> one, in a single copy."""
+    at = np.searchsorted(keys, more_keys, side="right")
+    return np.insert(keys, at, more_keys), np.insert(ids, at, more_ids)

@@ -41,6 +41,9 @@ class FilterChain:
         embedder = make_embedder(cfg) if cfg.quality.semantic else None
         self.semantic = SemanticDedup(store, cfg.index_dir, embedder, cfg.quality.semantic_threshold) \
             if embedder else None
+        # Every record up to this id has a current verdict of this generation: the next search starts after it
+        # (record ids only grow, and only a refilter, which bumps the generation, takes verdicts away).
+        self._judged_upto = (0, 0)  # (generation, record id)
 
     def run(self, *, should_stop: Callable[[], bool] = lambda: False, limit: int | None = None,
             progress: Callable[[int], None] | None = None) -> Judged:
@@ -49,11 +52,16 @@ class FilterChain:
         self.negatives.refresh(self.store)
         done = 0
         while not should_stop() and (limit is None or done < limit):
-            rows = self.store.pending_records(min(self.q.batch_size, (limit or 1 << 62) - done))
+            generation = self.store.generation()
+            after = self._judged_upto[1] if self._judged_upto[0] == generation else 0
+            newest = self.store.last_record_id()  # read first: a record stored after this has a larger id
+            rows = self.store.pending_records(min(self.q.batch_size, (limit or 1 << 62) - done), after)
             if not rows:
+                self._judged_upto = (generation, max(after, newest))  # signals up to here need no more scans
                 break
             for verdict in self._judge_batch(rows):
                 judged[(verdict["role"], verdict["verdict"], verdict["reason"] or "")] += 1
+            self._judged_upto = (generation, rows[-1]["id"])
             done += len(rows)
             if progress:
                 progress(done)

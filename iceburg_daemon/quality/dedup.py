@@ -97,7 +97,8 @@ class DuplicateIndex:
         for idx, bands in ((NEAR_INDEX, NEAR_BANDS), (TEMPLATE_INDEX, TEMPLATE_BANDS)):
             self.bands[idx] = index = BandIndex()
             for record_ids, sigs in self.store.lsh_signature_chunks(idx):
-                index.extend(band_keys(sigs, bands), record_ids)
+                index.add(band_keys(sigs, bands), record_ids)
+            index.compact()
         self._generation = generation
 
     def check_exact(self, key: str) -> Finding | None:
@@ -154,8 +155,9 @@ class DuplicateIndex:
     def committed(self) -> None:
         """The batch's transaction committed: its band keys join the in-memory index."""
         for idx, added in self._added.items():
-            for keys, record_id in added:
-                self.bands[idx].add(keys, record_id)
+            if added:
+                self.bands[idx].add(np.array([keys for keys, _ in added], dtype=np.uint64),
+                                    np.array([record_id for _, record_id in added]))
             added.clear()
 
     def _best(self, idx: int, sketch: Sketch) -> tuple[int | None, float]:

@@ -23,6 +23,9 @@ class VerdictQueries:
             (after_id, limit),
         ).fetchall()
 
+    def last_record_id(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0])
+
     def add_verdicts(self, rows: list[dict[str, Any]]) -> None:
         self.conn.executemany(
             f"INSERT INTO verdicts({', '.join(VERDICT_COLUMNS)}) VALUES ({', '.join('?' * len(VERDICT_COLUMNS))})",
