@@ -55,6 +55,7 @@ class SourcesConfig:
 class QualityConfig:
     enabled: bool = True  # run the filter chain on new sft/preference records
     batch_size: int = 500  # records judged per transaction
+    workers: int = -1  # processes computing the next batch's features meanwhile; -1: one per spare CPU, max 2
     # 1 structure
     min_answer_chars: int = 20
     max_chars: int = 32_000  # whole conversation
@@ -350,6 +351,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             problems.append(f"quality.{name}: must be between 0 and 1, got {getattr(cfg.quality, name)}")
     if cfg.quality.batch_size < 1 or cfg.quality.template_keep < 0:
         problems.append("quality: batch_size must be >= 1 and template_keep >= 0")
+    if not -1 <= cfg.quality.workers <= 8:
+        problems.append(f"quality.workers: must be -1 (auto) or 0-8, got {cfg.quality.workers}")
     if cfg.inbox.batch_size < 1:
         problems.append(f"inbox.batch_size: must be >= 1, got {cfg.inbox.batch_size}")
     if cfg.daemon.heartbeat_seconds <= 0:

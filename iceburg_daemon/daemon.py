@@ -114,6 +114,8 @@ class Daemon:
             log.info("semantic_index_caught_up", records=added)
 
     def close(self) -> None:
+        if self.chain is not None:
+            self.chain.close()  # feature workers, if a backlog was being judged
         if self.runner is not None:
             self.runner.shutdown()  # the child checkpoints; its run resumes at the next start
             self.runner = None

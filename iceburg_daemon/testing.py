@@ -200,3 +200,28 @@ epochs = {epochs}
 max_steps = {max_steps}
 seed = 1
 """
+
+
+def mixed_corpus(seed: int) -> list[dict[str, Any]]:
+    """220 chat records for the filter: varied answers, a template nobody showed it, near and exact copies."""
+    rng = random.Random(seed)
+    topics = ["tidal energy", "coral bleaching", "river deltas", "glacier retreat", "monetary policy"]
+    records = [chat_record(i, answer_bytes=rng.randint(300, 1200), seed=seed) for i in range(120)]
+    for i in range(40):  # a template nobody showed the filter
+        t = f"{rng.choice(topics)} near site {i}"
+        records.append({"messages": [{"role": "user", "content": f"Summarise {t}."}, {"role": "assistant", "content": (
+            f"Summary of {t}: studies of {t} agree on little. Local conditions shape {t}; models of {t} disagree on "
+            f"feedbacks; monitoring of {t} is thin. Treat claims about {t} with care until they are replicated.")}],
+            "metadata": {"agent_type": "synthesist"}})
+    for i in range(30):  # near duplicates (a few words changed) and exact ones (case only)
+        near = json.loads(json.dumps(records[i]))
+        words = near["messages"][-1]["content"].split(" ")
+        for _ in range(2 if i % 2 else 25):
+            words[rng.randrange(len(words))] = "changed"
+        near["messages"][-1]["content"] = " ".join(words)
+        near["messages"][0]["content"] += " Again."
+        exact = json.loads(json.dumps(records[40 + i]))
+        exact["messages"][-1]["content"] = exact["messages"][-1]["content"].upper()
+        records += [near, exact]
+    rng.shuffle(records)
+    return records

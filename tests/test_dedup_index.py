@@ -17,7 +17,7 @@ from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.quality.minhash import _A, _B, _SHINGLE_MIX, band_keys, shingle_hashes, signatures, word_hashes
 from iceburg_daemon.store import Store
 from iceburg_daemon.store.schema import MIGRATIONS
-from iceburg_daemon.testing import chat_record, write_config, write_jsonl
+from iceburg_daemon.testing import chat_record, mixed_corpus, write_config, write_jsonl
 
 M64 = (1 << 64) - 1
 
@@ -98,30 +98,6 @@ def test_the_most_similar_candidate_wins_and_ties_go_to_the_oldest(cfg):
     store.close()
 
 
-def _corpus(seed):
-    rng = random.Random(seed)
-    topics = ["tidal energy", "coral bleaching", "river deltas", "glacier retreat", "monetary policy"]
-    records = [chat_record(i, answer_bytes=rng.randint(300, 1200), seed=seed) for i in range(120)]
-    for i in range(40):  # a template nobody showed the filter
-        t = f"{rng.choice(topics)} near site {i}"
-        records.append({"messages": [{"role": "user", "content": f"Summarise {t}."}, {"role": "assistant", "content": (
-            f"Summary of {t}: studies of {t} agree on little. Local conditions shape {t}; models of {t} disagree on "
-            f"feedbacks; monitoring of {t} is thin. Treat claims about {t} with care until they are replicated.")}],
-            "metadata": {"agent_type": "synthesist"}})
-    for i in range(30):  # near duplicates (a few words changed) and exact ones (case only)
-        near = json.loads(json.dumps(records[i]))
-        words = near["messages"][-1]["content"].split(" ")
-        for _ in range(2 if i % 2 else 25):
-            words[rng.randrange(len(words))] = "changed"
-        near["messages"][-1]["content"] = " ".join(words)
-        near["messages"][0]["content"] += " Again."
-        exact = json.loads(json.dumps(records[40 + i]))
-        exact["messages"][-1]["content"] = exact["messages"][-1]["content"].upper()
-        records += [near, exact]
-    rng.shuffle(records)
-    return records
-
-
 def _verdicts(tmp_path, batch_size, records):
     cfg = load_config(write_config(tmp_path / f"home{batch_size}", f"[quality]\nbatch_size = {batch_size}\n"),
                       env={})
@@ -135,7 +111,7 @@ def _verdicts(tmp_path, batch_size, records):
 
 
 def test_verdicts_do_not_depend_on_the_batch_size(tmp_path):
-    records = _corpus(11)
+    records = mixed_corpus(11)
     one_by_one, batched = _verdicts(tmp_path, 1, records), _verdicts(tmp_path, 500, records)
     assert one_by_one == batched
     reasons = {r[3] for r in batched}

@@ -4,6 +4,7 @@ import json
 import random
 import signal
 import time
+from pathlib import Path
 
 from prometheus_client import generate_latest
 
@@ -75,16 +76,22 @@ def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
                       env={"ICEBURGD_QUALITY_ENABLED": "false"})
     assert ingest.returncode == 0, ingest.stderr
     rng = random.Random(5)
-    progress = []
+    progress, helpers = [], []
     for _ in range(6):
         proc = spawn_daemon(path)
         time.sleep(rng.uniform(0.6, 1.5))
+        helpers += _children(proc.pid)  # the feature worker (and multiprocessing's resource tracker)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         store = Store.open_readonly(cfg.db_path)
         progress.append(store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
         store.close()
     assert any(0 < p < n for p in progress) and len(set(progress)) > 2  # kills landed while the filter worked
+    assert helpers  # the worker was running when the daemon died ...
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()]  # ... and did not outlive it
     assert iceburgd("run", "--once", config=path).returncode == 0
     store = Store.open_readonly(cfg.db_path)
     per_record = store.conn.execute(
@@ -94,6 +101,19 @@ def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
     assert store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == n  # no verdict written twice
     assert store.integrity_ok()
     store.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is pid (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def test_refilter_keeps_history_and_applies_new_config(tmp_path):

@@ -17,9 +17,10 @@ from iceburg_daemon.logs import get_logger
 from iceburg_daemon.quality.dedup import DuplicateIndex
 from iceburg_daemon.quality.embed import EmbeddingError, make_embedder
 from iceburg_daemon.quality.findings import Finding
-from iceburg_daemon.quality.features import Features, extract
+from iceburg_daemon.quality.features import Features, Row, extract
 from iceburg_daemon.quality.signals import NegativeSignals, check_signals
 from iceburg_daemon.quality.semantic import SemanticDedup
+from iceburg_daemon.quality.workers import FeatureWorkers, worker_count
 from iceburg_daemon.store import Store
 
 PRINCIPLE_KEYS = ("principle_name", "one_sentence_summary", "derivation_logic", "framing", "domains",
@@ -27,6 +28,7 @@ PRINCIPLE_KEYS = ("principle_name", "one_sentence_summary", "derivation_logic", 
 FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
 
 Judged = Counter  # (role, verdict, reason) -> count
+Batch = tuple[int, list[Row], Callable[[], list[Features]]]  # generation, rows, their features (waits for them)
 log = get_logger("iceburgd.filter")
 
 
@@ -44,6 +46,8 @@ class FilterChain:
         # Every record up to this id has a current verdict of this generation: the next search starts after it
         # (record ids only grow, and only a refilter, which bumps the generation, takes verdicts away).
         self._judged_upto = (0, 0)  # (generation, record id)
+        self.workers = FeatureWorkers(worker_count(cfg.quality.workers))
+        self._ahead: Batch | None = None  # the next batch, its features being computed while one is judged
 
     def run(self, *, should_stop: Callable[[], bool] = lambda: False, limit: int | None = None,
             progress: Callable[[int], None] | None = None) -> Judged:
@@ -53,23 +57,45 @@ class FilterChain:
         done = 0
         while not should_stop() and (limit is None or done < limit):
             generation = self.store.generation()
-            after = self._judged_upto[1] if self._judged_upto[0] == generation else 0
-            newest = self.store.last_record_id()  # read first: a record stored after this has a larger id
-            rows = self.store.pending_records(min(self.q.batch_size, (limit or 1 << 62) - done), after)
-            if not rows:
-                self._judged_upto = (generation, max(after, newest))  # signals up to here need no more scans
+            batch, self._ahead = self._ahead, None
+            if batch is None or batch[0] != generation:
+                batch = self._fetch(generation, self._judged_upto[1] if self._judged_upto[0] == generation else 0)
+            if batch is None:
+                self.workers.close()  # the backlog is drained: no idle worker processes
                 break
-            for verdict in self._judge_batch(rows):
+            _, rows, features = batch
+            if len(rows) == self.q.batch_size:  # more is likely waiting: compute its features meanwhile
+                self._ahead = self._fetch(generation, rows[-1][0], ahead=True)
+            n = len(rows) if limit is None else min(len(rows), limit - done)
+            if n < len(rows):
+                self._ahead = None  # it starts after records this run leaves unjudged
+            for verdict in self._judge_batch(generation, features()[:n]):
                 judged[(verdict["role"], verdict["verdict"], verdict["reason"] or "")] += 1
-            self._judged_upto = (generation, rows[-1]["id"])
-            done += len(rows)
+            self._judged_upto = (generation, rows[n - 1][0])
+            done += n
             if progress:
                 progress(done)
         return judged
 
-    def _judge_batch(self, rows: list[Any]) -> list[dict[str, Any]]:
-        generation = self.store.generation()
+    def close(self) -> None:
+        self._ahead = None
+        self.workers.close()
+
+    def _fetch(self, generation: int, after: int, *, ahead: bool = False) -> Batch | None:
+        """The next pending rows after a record id, and (a way to wait for) their features: computed by the
+        workers for a batch fetched ahead, here otherwise."""
+        newest = self.store.last_record_id()  # read first: a record stored after this has a larger id
+        rows = [(r["id"], r["role"], r["canonical"]) for r in self.store.pending_records(self.q.batch_size, after)]
+        if not rows:
+            if not ahead:
+                self._judged_upto = (generation, max(after, newest))  # signals up to here need no more scans
+            return None
+        if ahead:
+            return generation, rows, self.workers.submit(rows, self.q)
         feats = extract(rows, self.q)
+        return generation, rows, lambda: feats
+
+    def _judge_batch(self, generation: int, feats: list[Features]) -> list[dict[str, Any]]:
         verdicts, waiting = [], []  # waiting: passed filters 1-7 and 9, semantic check still to come
         with self.store.transaction():
             self.index.load(generation, (f.exact for f in feats if f.exact), (f.near[0] for f in feats if f.near),
@@ -78,7 +104,7 @@ class FilterChain:
                 scores: dict[str, Any] = {}
                 finding = self._filters(f, scores)
                 if finding is None:
-                    self.index.remember(f.row["id"], f.exact, f.near)  # later records of this batch see it
+                    self.index.remember(f.record_id, f.exact, f.near)  # later records of this batch see it
                 if finding is None and self.semantic is not None:
                     waiting.append((f, scores))
                 else:
@@ -96,7 +122,7 @@ class FilterChain:
         if not waiting:
             return [], None
         assert self.semantic is not None
-        items = [(f.row["id"], f.row["role"], f.answer) for f, _ in waiting]
+        items = [(f.record_id, f.role, f.answer) for f, _ in waiting]
         try:
             try:
                 findings, vectors = self.semantic.check(items)
@@ -117,14 +143,14 @@ class FilterChain:
                 scores["semantic_similarity"] = finding.score
             verdicts.append(self._verdict(f, scores, finding, generation))
             if finding is None and vectors is not None:
-                accepted.append((f.row["id"], f.row["role"]))
+                accepted.append((f.record_id, f.role))
                 keep.append(i)
         return accepted, (vectors[keep] if vectors is not None else None)
 
     def _verdict(self, f: Features, scores: dict[str, Any], finding: Finding | None, generation: int
                  ) -> dict[str, Any]:
         return {
-            "record_id": f.row["id"], "role": f.row["role"], "verdict": "reject" if finding else "accept",
+            "record_id": f.record_id, "role": f.role, "verdict": "reject" if finding else "accept",
             "filter": finding.filter if finding else None, "reason": finding.reason if finding else None,
             "detail": finding.detail if finding else None, "score": finding.score if finding else None,
             "duplicate_of": finding.duplicate_of if finding else None,
@@ -134,7 +160,7 @@ class FilterChain:
         }
 
     def _filters(self, f: Features, scores: dict[str, Any]) -> Finding | None:
-        q, role_cfg, record = self.q, self.cfg.role(f.row["role"]), f.record
+        q, role_cfg, record = self.q, self.cfg.role(f.role), f.record
         if f.structure:
             return f.structure
         if q.signals:
@@ -150,7 +176,7 @@ class FilterChain:
             if found:
                 return found
         if f.template is not None:
-            found, scores["template_similarity"] = self.index.check_template(f.row["id"], f.template)
+            found, scores["template_similarity"] = self.index.check_template(f.record_id, f.template)
             if found:
                 return found
         if f.repetition is not None:

@@ -1,6 +1,7 @@
 """A batch of stored rows -> what the filters need of each record, computed once and without the store: the
 parsed record, prompt and answer, the structure verdict, word list, exact key, MinHash sketches and the
-repetition verdict. Everything here is a pure function of the row and the config."""
+repetition verdict. Everything here is a pure function of the row and the config, so it also runs in worker
+processes (`workers.py`)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ from iceburg_daemon.quality.text import prompt as prompt_of
 from iceburg_daemon.quality.text import words
 
 
+Row = tuple[int, str, str]  # record id, role, canonical JSON
+
+
 @dataclass
 class Features:
-    row: Any  # the store's records row
+    record_id: int
+    role: str
     record: dict[str, Any]
     prompt: str
     answer: str
@@ -30,12 +35,12 @@ class Features:
     repetition: tuple[Finding | None, dict[str, float]] | None = None
 
 
-def extract(rows: list[Any], q: Any) -> list[Features]:
+def extract(rows: list[Row], q: Any) -> list[Features]:
     """Features of each row; a record that fails the structure filter gets nothing more computed."""
     feats = []
-    for row in rows:
-        record = json.loads(row["canonical"])
-        f = Features(row, record, prompt_of(record), answer_of(record), None)
+    for record_id, role, canonical in rows:
+        record = json.loads(canonical)
+        f = Features(record_id, role, record, prompt_of(record), answer_of(record), None)
         f.structure = check_structure(record, q)
         feats.append(f)
     live = [f for f in feats if f.structure is None]

@@ -1,0 +1,76 @@
+"""Feature extraction in a worker process, so the next batch's features are computed while the main process
+judges the current one (the judging itself is sequential: each record must see the ones before it).
+
+Workers are started with `spawn` (the daemon holds SQLite and ChromaDB handles a fork must not copy), only
+while a backlog lasts, and stopped when it is drained so an idle daemon keeps no extra processes. A worker that
+dies is not fatal: the batch is computed in the main process and the pool is started again later.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from iceburg_daemon.logs import get_logger
+from iceburg_daemon.quality.features import Features, Row, extract
+
+log = get_logger("iceburgd.filter")
+
+
+def _exit_with_parent() -> None:
+    """Runs first in each worker: a thread ends the worker as soon as its parent is gone, even SIGKILLed (the
+    task queue alone would keep it waiting forever: the worker holds both ends of it)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def watch() -> None:
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(0)
+
+        threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_count(configured: int) -> int:
+    """-1 (auto): a worker per spare CPU, at most 2 (past that the main process's judging is the limit)."""
+    return min(2, (os.cpu_count() or 1) - 1) if configured < 0 else configured
+
+
+class FeatureWorkers:
+    def __init__(self, count: int):
+        self.count = count
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, rows: list[Row], q: Any) -> Callable[[], list[Features]]:
+        """Start computing the features of rows; call the result to wait for them."""
+        if self.count > 0:
+            try:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=_exit_with_parent)
+                size = -(-len(rows) // self.count)
+                futures = [self._pool.submit(extract, rows[i : i + size], q) for i in range(0, len(rows), size)]
+                return lambda: self._collect(futures, rows, q)
+            except Exception as exc:  # noqa: BLE001 - no worker could start: compute here
+                self._failed(exc)
+        feats = extract(rows, q)
+        return lambda: feats
+
+    def _collect(self, futures: list[Future[list[Features]]], rows: list[Row], q: Any) -> list[Features]:
+        try:
+            return [f for future in futures for f in future.result()]
+        except Exception as exc:  # noqa: BLE001 - e.g. a killed worker: compute here, start afresh next time
+            self._failed(exc)
+            return extract(rows, q)
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning("feature_worker_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,95 @@
+"""Features computed in a worker process while the previous batch is judged: same verdicts as computing them
+in place, a dead worker costs nothing but time, and no worker outlives the backlog."""
+
+import os
+import signal
+import time
+
+from iceburg_daemon.config import load_config
+from iceburg_daemon.ingest import ingest_paths
+from iceburg_daemon.quality.chain import FilterChain
+from iceburg_daemon.quality.features import extract
+from iceburg_daemon.quality.workers import FeatureWorkers
+from iceburg_daemon.store import Store
+from iceburg_daemon.testing import chat_record, mixed_corpus, write_config, write_jsonl
+
+
+def _rows(cfg, tmp_path, n):
+    """Stored rows as the chain hands them over: (id, role, canonical JSON)."""
+    store = Store.open(cfg.db_path)
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / "r.jsonl", [chat_record(i, answer_bytes=700, seed=9)
+                                                                 for i in range(n)])])
+    rows = [(r["id"], r["role"], r["canonical"]) for r in store.pending_records(n)]
+    store.close()
+    assert len(rows) == n
+    return rows
+
+
+def _plain(feats):
+    """Features as comparable values (numpy arrays as lists)."""
+    return [(f.record_id, f.structure, f.exact, f.near and (f.near[0], f.near[1].tolist()),
+             f.template and (f.template[0], f.template[1].tolist()), f.repetition) for f in feats]
+
+
+def test_a_worker_computes_what_the_main_process_computes(cfg, tmp_path):
+    q, rows = cfg.quality, _rows(cfg, tmp_path, 30)
+    workers = FeatureWorkers(2)
+    try:
+        assert _plain(workers.submit(rows, q)()) == _plain(extract(rows, q))
+    finally:
+        workers.close()
+
+
+def test_a_killed_worker_falls_back_to_the_main_process(cfg, tmp_path):
+    q, rows = cfg.quality, _rows(cfg, tmp_path, 400)
+    workers = FeatureWorkers(1)
+    workers.submit(rows[:5], q)()  # the worker is up
+    pids = list(workers._pool._processes)  # noqa: SLF001 - the test needs the worker's pid
+    result = workers.submit(rows, q)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert _plain(result()) == _plain(extract(rows, q))
+    assert workers._pool is None  # noqa: SLF001 - dropped; the next backlog starts a new one
+    assert _plain(workers.submit(rows[:3], q)()) == _plain(extract(rows[:3], q))
+    workers.close()
+
+
+def _judge_all(tmp_path, workers, limit=None):
+    cfg = load_config(write_config(tmp_path / f"home{workers}", f"[quality]\nbatch_size = 40\nworkers = {workers}\n"),
+                      env={})
+    store = Store.open(cfg.db_path)
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / f"c{workers}.jsonl", mixed_corpus(21))])
+    chain = FilterChain(cfg, store, clock=lambda: 0.0)
+    passes = 0
+    while sum(chain.run(limit=limit).values()):  # as the daemon calls it: a limited number per pass
+        passes += 1
+    rows = store.conn.execute("SELECT record_id, verdict, filter, reason, detail, score, duplicate_of, cluster_id,"
+                              " scores FROM verdicts WHERE current = 1 ORDER BY record_id").fetchall()
+    left = chain.workers._pool  # noqa: SLF001 - the pool must be gone once nothing is pending
+    chain.close()
+    store.close()
+    return [tuple(r) for r in rows], passes, left
+
+
+def test_verdicts_are_the_same_with_a_worker_and_passes_of_any_size(tmp_path):
+    inline, _, _ = _judge_all(tmp_path / "a", 0)
+    ahead, passes, left = _judge_all(tmp_path / "b", 1, limit=100)  # 100: two and a half batches per pass
+    assert ahead == inline and len(inline) == 220
+    assert passes == 3 and left is None
+
+
+def test_an_idle_daemon_keeps_no_worker_processes(tmp_path):
+    cfg = load_config(write_config(tmp_path / "home", "[quality]\nbatch_size = 20\nworkers = 1\n"), env={})
+    store = Store.open(cfg.db_path)
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / "r.jsonl", [chat_record(i, seed=2) for i in range(100)])])
+    chain = FilterChain(cfg, store, clock=time.time)
+    chain.run(limit=60)
+    pool = chain.workers._pool  # noqa: SLF001
+    assert pool is not None  # mid-backlog: the worker computes the next batch
+    processes = list(pool._processes.values())  # noqa: SLF001
+    chain.run()
+    assert chain.workers._pool is None  # noqa: SLF001
+    for process in processes:
+        process.join(timeout=10)
+        assert not process.is_alive()
+    store.close()
