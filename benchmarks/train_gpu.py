@@ -195,7 +195,8 @@ def main() -> None:
         return
     import transformers
 
-    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device",
+                     "torch": torch.__version__,
                      "transformers": transformers.__version__}
 
     def save() -> None:
