@@ -35,15 +35,16 @@ def test_every_problem_is_reported_at_once(tmp_path):
     p.write_text(
         "[inbox]\nsettle_seconds = 'soon'\nafter_ingest = 'shred'\nbogus = 1\n"
         "[metrics]\nport = 70000\n[nonsense]\nx = 1\n[surveyor]\nenabled = 'yes'\n"
-        "[[sources.chroma]]\nname = 'a'\n"
+        "[[sources.chroma]]\nname = 'a'\n[quality]\nworkers = 9\n"
     )
     with pytest.raises(ConfigError) as err:
         load_config(p, env={})
     text = "\n".join(err.value.problems)
     for expected in ("inbox.settle_seconds", "inbox.after_ingest", "inbox.bogus: unknown key", "metrics.port",
-                     "unknown section [nonsense]", "surveyor.enabled", "missing required key(s): path"):
+                     "unknown section [nonsense]", "surveyor.enabled", "missing required key(s): path",
+                     "quality.workers"):
         assert expected in text
-    assert len(err.value.problems) == 7
+    assert len(err.value.problems) == 8
 
 
 def test_env_overrides_win_and_parse_as_toml(tmp_path):
