@@ -5,7 +5,7 @@ examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
 packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
 while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
-[--variants attn:row:micro[:compile],...] [--variant-timeout 240]
+[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, nockpt, closs (see project()).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
+from iceburg_daemon.training import model as model_module  # noqa: E402
 from iceburg_daemon.training.model import add_lora  # noqa: E402
 from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
@@ -98,7 +99,14 @@ class _Timing(Progress):
         self.steps.append((fields["tokens"], fields["step_seconds"]))
 
 
-def project(data: list[Example], attn: str, row: int, micro: int, seconds: float, compile_layers: bool) -> dict:
+def project(data: list[Example], attn: str, row: int, micro: int, seconds: float, flags: set[str]) -> dict:
+    """flags: compile (each decoder layer compiled), nockpt (the loss keeps its logits instead of recomputing
+    them in backward: more memory, less compute), closs (the chunk loss compiled: fused log-softmax)."""
+    compile_layers = "compile" in flags
+    if "nockpt" in flags:
+        model_module.checkpoint = lambda fn, *args, use_reentrant=False: fn(*args)
+    if "closs" in flags:
+        model_module._chunk_loss = torch.compile(model_module._chunk_loss, dynamic=True)
     model = add_lora(qwen05(attn), LORA)
     if compile_layers:  # regional compilation: one compiled decoder layer reused 24 times
         for layer in model.get_base_model().model.layers:
@@ -157,7 +165,7 @@ def _peak() -> float:
 
 
 def run_one(spec: str, seconds: float) -> dict:
-    """One variant in this process: `naive` or attention:row:micro[:compile]."""
+    """One variant in this process: `naive` or attention:row:micro[:flag...]."""
     data = examples(6000)
     n_params = sum(p.numel() for p in qwen05("sdpa").parameters())
     torch.cuda.empty_cache()
@@ -165,7 +173,10 @@ def run_one(spec: str, seconds: float) -> dict:
         r = naive_padded(data, 8, seconds)
     else:
         attn, row, micro, *flags = spec.split(":")
-        r = project(data, attn, int(row), int(micro), seconds, bool(flags))
+        unknown = set(flags) - {"compile", "nockpt", "closs"}
+        if unknown:
+            raise SystemExit(f"unknown variant flags {sorted(unknown)} in {spec}")
+        r = project(data, attn, int(row), int(micro), seconds, set(flags))
         try:
             r["isolation"] = isolation(attn)
         except Exception as exc:  # noqa: BLE001 - report, go on
@@ -179,7 +190,7 @@ def _name(spec: str) -> str:
     if spec == "naive":
         return "naive_padded_8rows"
     attn, row, micro, *flags = spec.split(":")
-    return f"project_{attn}_row{row}_micro{micro}" + ("_compiled" if flags else "")
+    return f"project_{attn}_row{row}_micro{micro}" + "".join(f"_{f}" for f in flags)
 
 
 def main() -> None:
