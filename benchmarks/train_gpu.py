@@ -30,6 +30,7 @@ from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 PEAK = 989e12
+FLAGS = {"compile", "nockpt", "closs"}
 DEVICE = torch.device("cuda")
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -173,9 +174,6 @@ def run_one(spec: str, seconds: float) -> dict:
         r = naive_padded(data, 8, seconds)
     else:
         attn, row, micro, *flags = spec.split(":")
-        unknown = set(flags) - {"compile", "nockpt", "closs"}
-        if unknown:
-            raise SystemExit(f"unknown variant flags {sorted(unknown)} in {spec}")
         r = project(data, attn, int(row), int(micro), seconds, set(flags))
         try:
             r["isolation"] = isolation(attn)
@@ -215,6 +213,10 @@ def main() -> None:
         if args.out:
             args.out.write_text(json.dumps(results, indent=2))
 
+    for spec in args.variants.split(","):
+        unknown = set(spec.split(":")[3:]) - FLAGS
+        if len(spec.split(":")) < 3 or unknown:
+            raise SystemExit(f"bad variant {spec!r}: attention:row:micro[:flag...], flags {sorted(FLAGS)}")
     # Each variant in its own process with its own time limit: a compile that hangs loses one variant, not all.
     for spec in ["naive", *args.variants.split(",")]:
         name = _name(spec)
