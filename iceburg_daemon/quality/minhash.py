@@ -1,4 +1,5 @@
-"""Word list -> MinHash signature (numpy) and LSH band keys, deterministic across processes and machines."""
+"""Word lists -> MinHash signatures (numpy, many texts per call) and LSH band keys, deterministic across processes
+and machines."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class _WordHashes(dict):  # type: ignore[type-arg]
     """crc32 per word, memoised: a dict lookup costs a fifth of encoding and hashing again."""
 
     def __missing__(self, word: str) -> int:
-        if len(self) > 500_000:
+        if len(self) > 200_000:  # bounded: the daemon is long-lived
             self.clear()
         value = self[word] = zlib.crc32(word.encode("utf-8"))
         return value
