@@ -109,10 +109,6 @@ def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], d
             for i in range(len(token_lists))]
 
 
-def check_repetition(text: str, q: Any) -> tuple[Finding | None, dict[str, float]]:
-    return check_repetition_batch([text], q)[0]
-
-
 def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str] | None] | None = None
                            ) -> list[tuple[Finding | None, dict[str, float]]]:
     """Filter 6 for many answers; token_lists: their `words()` when already known (saves a tokenisation)."""
