@@ -5,7 +5,8 @@ examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
 packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
 while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
-[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, nockpt, closs (see project()).
+[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, nockpt, closs, prof (see
+project()).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 PEAK = 989e12
-FLAGS = {"compile", "nockpt", "closs"}
+FLAGS = {"compile", "nockpt", "closs", "prof"}
 DEVICE = torch.device("cuda")
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -102,7 +103,8 @@ class _Timing(Progress):
 
 def project(data: list[Example], attn: str, row: int, micro: int, seconds: float, flags: set[str]) -> dict:
     """flags: compile (each decoder layer compiled), nockpt (the loss keeps its logits instead of recomputing
-    them in backward: more memory, less compute), closs (the chunk loss compiled: fused log-softmax)."""
+    them in backward: more memory, less compute), closs (the chunk loss compiled: fused log-softmax), prof (two
+    more steps under torch.profiler: GPU busy share and the top kernels, to see where the time goes)."""
     compile_layers = "compile" in flags
     if "nockpt" in flags:
         model_module.checkpoint = lambda fn, *args, use_reentrant=False: fn(*args)
@@ -124,14 +126,42 @@ def project(data: list[Example], attn: str, row: int, micro: int, seconds: float
                           lambda: len(progress.steps) > warm and sum(t for _, t in progress.steps[warm:]) >= seconds)
         trainer.save = lambda: None  # throughput only: no checkpoints
         trainer.run()
+        profile = profile_steps(trainer, len(progress.steps)) if "prof" in flags else None
     measured = progress.steps[warm:]
     tokens, secs = sum(n for n, _ in measured), sum(t for _, t in measured)
     result = {"tokens_per_s": tokens / secs, "steps": len(progress.steps), "peak_gib": _peak(),
               "first_steps_s": round(time.perf_counter() - started - secs, 1),
               "micro_batch_after_oom": trainer.micro}
+    if profile:
+        result["profile"] = profile
     del model, trainer
     torch.cuda.empty_cache()
     return result
+
+
+def profile_steps(trainer: Trainer, first: int, steps: int = 2) -> dict:
+    """`steps` more optimizer steps under the profiler: how busy the device was (kernel time over wall time:
+    well under 1 means the host cannot launch work fast enough) and the kernels that took the most time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for g in range(first, first + steps):
+            trainer._step(g % len(trainer.plan))
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        sync()
+        wall = time.perf_counter() - started
+    cuda = torch.cuda.is_available()  # without CUDA (a smoke run): CPU ops ranked by their own CPU time
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if (e.device_type.name != "CPU") == cuda]  # kernels once each
+    busy = sum(getattr(e, attr) for e in events) / 1e6
+    top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:20]
+    return {"wall_s": round(wall, 3), "device_busy_s": round(busy, 3), "busy_share": round(busy / wall, 3),
+            "top_kernels_ms": {e.key[:90]: round(getattr(e, attr) / 1e3, 1) for e in top}}
 
 
 def isolation(attn: str) -> dict[str, float]:

@@ -81,14 +81,19 @@ def add_lora(model: Any, params: dict[str, Any]) -> PeftModel:
 def token_loss_sum(peft_model: Any, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
                    chunk: int = 4096) -> torch.Tensor:
     """Sum of cross-entropy over trained tokens only: the LM head runs on labelled positions, in chunks, so the
-    full (tokens x vocabulary) logits never exist. Packed rows are isolated by their restarting position_ids."""
+    full (tokens x vocabulary) logits never exist. Packed rows are isolated by their restarting position_ids.
+
+    `labels` may stay on the CPU: the trained positions are then found there, so nothing waits on the GPU
+    (a boolean mask on a CUDA tensor synchronises the host every micro-batch)."""
     causal_lm = peft_model.get_base_model()
     hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-    mask = labels != -100
-    picked, targets = hidden[mask], labels[mask]
+    flat = labels.reshape(-1)
+    where = (flat != -100).nonzero().squeeze(1)
+    targets = flat.index_select(0, where).to(hidden.device, non_blocking=True)
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where.to(hidden.device, non_blocking=True))
     head = causal_lm.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk):
+    for start in range(0, where.numel(), chunk):
         h, t = picked[start : start + chunk], targets[start : start + chunk]
         if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of keeping them
             total = total + checkpoint(_chunk_loss, head, h, t, use_reentrant=False)

@@ -159,24 +159,33 @@ class Trainer:
     def _accumulate(self, g: int) -> tuple[float, int]:
         rows = self.plan[g][self.rank :: self.world]
         trained = sum(self.examples[i].trained for row in self.plan[g] for i in row)  # all ranks: one normaliser
-        loss_total, tokens = 0.0, 0
-        for k, micro in enumerate(steps_of(rows, self.micro)):
+        # The loss stays on the device until the step ends: one host sync per step, not one per micro-batch.
+        loss_total, tokens = torch.zeros((), device=self.device), 0
+        for micro in steps_of(rows, self.micro):
             if g + 1 == self.s.inject_oom_at_step and not self.state["oom_retries"]:
                 raise torch.OutOfMemoryError("injected out-of-memory (test hook)")
-            width = self.s.max_length if self.s.fixed_width else max(
-                sum(len(self.examples[i].input_ids) for i in row) for row in micro)
-            cols = [row_tensors_data(self.examples, row, width, self.pad_id) for row in micro]
-            ids, labels, pos = (torch.tensor([c[j] for c in cols], device=self.device) for j in range(3))
+            ids, labels, pos = self._batch(micro)
             loss = token_loss_sum(self.model, ids, labels, pos) / trained
             loss.backward()
-            loss_total += loss.item()
+            loss_total += loss.detach()
             tokens += sum(len(self.examples[i].input_ids) for row in micro for i in row)
         if self.world > 1:
             for p in self.params:  # LoRA grads are small: an all-reduce of each beats wrapping PEFT in DDP
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
-            reduced = torch.tensor([loss_total, float(tokens)], device=self.device)
+            reduced = torch.stack([loss_total, torch.tensor(float(tokens), device=self.device)])
             dist.all_reduce(reduced)
-            loss_total, tokens = reduced[0].item(), int(reduced[1].item())
-        return loss_total, tokens
+            return reduced[0].item(), int(reduced[1].item())
+        return loss_total.item(), tokens
+
+    def _batch(self, micro: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, labels, position_ids): ids and positions on the device (copied from pinned memory
+        without blocking on CUDA), labels left on the host for token_loss_sum."""
+        width = self.s.max_length if self.s.fixed_width else max(
+            sum(len(self.examples[i].input_ids) for i in row) for row in micro)
+        cols = [row_tensors_data(self.examples, row, width, self.pad_id) for row in micro]
+        ids, labels, pos = (torch.tensor([c[j] for c in cols]) for j in range(3))
+        if self.device.type == "cuda":
+            ids, pos = ids.pin_memory(), pos.pin_memory()
+        return ids.to(self.device, non_blocking=True), labels, pos.to(self.device, non_blocking=True)
