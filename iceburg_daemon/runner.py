@@ -230,6 +230,8 @@ class Runner:
             # Killed (OOM killer, kill -9, or past the shutdown grace): resume from the last checkpoint,
             # attempts permitting.
             status, reason = RunStatus.INTERRUPTED, f"killed by {signal.Signals(-rc).name}"
+            if rc == -signal.SIGKILL and a.stop_reason is None:  # nobody here sent it: likely the OOM killer
+                reason += " (out of memory? lower micro_batch or max_length, or set gradient_checkpointing)"
         else:
             status, reason = RunStatus.FAILED, error.get("reason") or CHILD_REASON.get(rc, f"exit code {rc}")
         detail = error.get("message") if status == RunStatus.FAILED else None

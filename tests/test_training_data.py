@@ -90,28 +90,43 @@ def test_packed_rows_give_the_same_logits_as_each_example_alone(tiny_base, tok):
     assert not torch.allclose(leaky[:n], alone, atol=1e-2)
 
 
-def test_fixed_width_rows_train_exactly_like_tight_rows(tiny_base, tok, tmp_path):
-    """Padding every row to max_length (one shape for compiled kernels) changes no loss: pads carry no label."""
+def _losses(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False):
+    """Losses of three SFT steps of the project's trainer on the FACTS conversations."""
     from iceburg_daemon.testing import FACTS, fact_record
     from iceburg_daemon.training.model import add_lora
     from iceburg_daemon.training.progress import Progress
     from iceburg_daemon.training.sft import Settings, Trainer
 
     examples = [encode_conversation(tok, fact_record(p, c)["messages"], max_length=256) for p, c in FACTS]
-    losses = {}
-    for fixed in (False, True):
-        torch.manual_seed(0)
-        model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_base),
-                         dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
-        seen = []
-        progress = Progress(tmp_path, enabled=False)
-        progress.on_step = lambda fields, seen=seen: seen.append(fields["loss"])
-        s = Settings(micro_batch=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, epochs=1, max_steps=3,
-                     seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
-                     checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=fixed)
-        trainer = Trainer(model, examples, s, tmp_path / str(fixed), torch.device("cpu"), tok.pad_token_id,
-                          progress, lambda: False)
-        trainer.save = lambda: None
-        assert trainer.run() == "succeeded"
-        losses[fixed] = seen
-    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    model = add_lora(base, dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    if checkpointing:  # as the training child enables it
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    seen = []
+    progress = Progress(run_dir, enabled=False)
+    progress.on_step = lambda fields: seen.append(fields["loss"])
+    s = Settings(micro_batch=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, epochs=1, max_steps=3,
+                 seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
+                 checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=fixed_width)
+    trainer = Trainer(model, examples, s, run_dir, torch.device("cpu"), tok.pad_token_id, progress, lambda: False)
+    trainer.save = lambda: None
+    assert trainer.run() == "succeeded"
+    assert base.is_activation_checkpointing == checkpointing
+    return seen
+
+
+def test_fixed_width_rows_train_exactly_like_tight_rows(tiny_base, tok, tmp_path):
+    """Padding every row to max_length (one shape for compiled kernels) changes no loss: pads carry no label."""
+    tight = _losses(tiny_base, tok, tmp_path / "tight")
+    fixed = _losses(tiny_base, tok, tmp_path / "fixed", fixed_width=True)
+    assert len(fixed) == 3 and fixed == pytest.approx(tight, rel=1e-4)
+
+
+def test_gradient_checkpointing_trains_exactly_like_keeping_activations(tiny_base, tok, tmp_path):
+    """Recomputed activations (the default on CPU and MPS) give the same losses, steps 2 and 3 included, so the
+    same gradients; packed rows stay isolated in the recomputation."""
+    kept = _losses(tiny_base, tok, tmp_path / "kept")
+    recomputed = _losses(tiny_base, tok, tmp_path / "recomputed", checkpointing=True)
+    assert len(recomputed) == 3 and recomputed == pytest.approx(kept, rel=1e-5)
+    assert recomputed[2] < recomputed[0]  # it trained

@@ -235,7 +235,17 @@ def test_missing_base_fails_the_run_with_a_hint_not_the_daemon(tmp_path):
     assert done.returncode == 1, done.stderr
     run = json.loads(done.stdout)
     assert run["status"] == "failed" and run["reason"] == "base_unavailable"
-    assert "import-gguf" in run["detail"] and "no-such-org/no-such-model" in run["detail"]
+    assert "import-gguf" in run["detail"] and "hf download no-such-org/no-such-model" in run["detail"]
+
+
+def test_missing_base_hint_fits_the_reference(tmp_path):
+    from iceburg_daemon.training.model import _unavailable
+
+    named = _unavailable("my-base", Path("my-base"), OSError("x"))
+    assert "not found" in named and "hf download" not in named  # a bare name is no Hugging Face id
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    assert f"could not be loaded from {broken}" in _unavailable(str(broken), broken, OSError("no config.json"))
 
 
 def test_out_of_memory_retries_once_with_half_the_micro_batch(tmp_path, tiny_base):
@@ -324,5 +334,6 @@ def test_a_child_that_keeps_crashing_fails_after_max_attempts(tmp_path):
         final = store.run(run_id)
     finally:
         store.close()
-    assert seen == [("interrupted", "killed by SIGKILL")] * 2
+    hint = " (out of memory? lower micro_batch or max_length, or set gradient_checkpointing)"  # nobody here sent it
+    assert seen == [("interrupted", "killed by SIGKILL" + hint)] * 2
     assert (final["status"], final["reason"], final["attempts"]) == ("failed", "too_many_attempts", 2)

@@ -81,6 +81,10 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
         _write_json(run_dir / "error.json", {"reason": "no_trainable_examples", "message": json.dumps(report)})
         return EXIT_NO_DATA
     peft_model = models.add_lora(base, params).to(device)
+    checkpointing = models.use_checkpointing(params.get("gradient_checkpointing", "auto"), device)
+    if checkpointing:
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    progress.update(gradient_checkpointing=checkpointing)
     if params.get("compile_layers"):
         for layer in peft_model.get_base_model().get_decoder().layers:
             layer.compile()  # regional: one compiled graph reused by every layer
@@ -95,6 +99,7 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     pad_id = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # pads carry no label
     trainer = Trainer(peft_model, train.examples, settings, run_dir, device, pad_id, progress, lambda: stop.requested)
     start = trainer.resume()
+    trainer.state["gradient_checkpointing"] = checkpointing  # after resume(), which replaces the state
     if start:
         progress.event("resumed", step=start)
     progress.update(phase="training", step=start, total=len(trainer.plan), resumed_from=start)

@@ -44,6 +44,12 @@ def pick_attention(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
+def use_checkpointing(requested: str, device: torch.device) -> bool:
+    """auto: on where activations live in the machine's own memory (CPU, MPS), off on CUDA (speed; an
+    out-of-memory step is retried with half the micro-batch)."""
+    return requested == "on" or (requested == "auto" and device.type != "cuda")
+
+
 def load_base(ref: str, *, allow_download: bool, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder). `ref` is a folder or a Hugging Face id; HF_HUB_OFFLINE is honoured."""
     local = Path(ref).expanduser()
@@ -54,11 +60,23 @@ def load_base(ref: str, *, allow_download: bool, dtype: torch.dtype, attn: str =
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline,
                                                      attn_implementation=attn)
     except (OSError, ValueError) as exc:
-        hint = ("import the default with `iceburgd base import-gguf --default`, point the role's base_model at a "
-                "local folder, or download it (`hf download " + ref + "`) or set [training] allow_download = true")
-        raise BaseUnavailable(f"base model {ref!r} is not available offline ({exc.__class__.__name__}): {hint}") from exc
+        raise BaseUnavailable(_unavailable(ref, local, exc)) from exc
     folder = local if local.is_dir() else Path(cached_file(ref, "config.json", local_files_only=True)).parent
     return model, tok, folder
+
+
+def _unavailable(ref: str, local: Path, exc: Exception) -> str:
+    """What went wrong with the base, and what to do about it."""
+    fixes = ["import the default with `iceburgd base import-gguf --default`",
+             "point the role's base_model at a model folder"]
+    if local.is_dir():
+        problem = f"could not be loaded from {local} ({exc.__class__.__name__}: {str(exc)[:200]})"
+    elif "/" in ref and not ref.startswith((".", "/", "~")):  # a Hugging Face id: it can be fetched
+        problem = f"is not in the local Hugging Face cache ({exc.__class__.__name__})"
+        fixes.insert(0, f"download it (`hf download {ref}`) or set [training] allow_download = true")
+    else:
+        problem = "was not found (no such folder under models/base/ or on disk)"
+    return f"base model {ref!r} {problem}: " + "; or ".join(fixes)
 
 
 def weights_hash(folder: Path) -> str:
