@@ -5,8 +5,8 @@ examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
 packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
 while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
-[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, nockpt, closs, prof (see
-project()).
+[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, nockpt, closs, prof,
+modelmask (see project()).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
 from iceburg_daemon.training import model as model_module  # noqa: E402
-from iceburg_daemon.training.model import add_lora  # noqa: E402
+from iceburg_daemon.training.model import add_lora, document_block_mask  # noqa: E402
 from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 PEAK = 989e12
-FLAGS = {"compile", "nockpt", "closs", "prof"}
+FLAGS = {"compile", "nockpt", "closs", "prof", "modelmask"}
 DEVICE = torch.device("cuda")
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -104,7 +104,9 @@ class _Timing(Progress):
 def project(data: list[Example], attn: str, row: int, micro: int, seconds: float, flags: set[str]) -> dict:
     """flags: compile (each decoder layer compiled), nockpt (the loss keeps its logits instead of recomputing
     them in backward: more memory, less compute), closs (the chunk loss compiled: fused log-softmax), prof (two
-    more steps under torch.profiler: GPU busy share and the top kernels, to see where the time goes)."""
+    more steps under torch.profiler: GPU busy share and the top kernels, to see where the time goes), modelmask
+    (flex_attention's block mask built by transformers from the positions, as before the trainer built it on
+    the host)."""
     compile_layers = "compile" in flags
     if "nockpt" in flags:
         model_module.checkpoint = lambda fn, *args, use_reentrant=False: fn(*args)
@@ -125,6 +127,7 @@ def project(data: list[Example], attn: str, row: int, micro: int, seconds: float
         trainer = Trainer(model, data, s, Path(tmp), DEVICE, 0, progress,
                           lambda: len(progress.steps) > warm and sum(t for _, t in progress.steps[warm:]) >= seconds)
         trainer.save = lambda: None  # throughput only: no checkpoints
+        trainer.flex = trainer.flex and "modelmask" not in flags
         trainer.run()
         profile = profile_steps(trainer, len(progress.steps)) if "prof" in flags else None
     measured = progress.steps[warm:]
@@ -176,7 +179,8 @@ def isolation(attn: str) -> dict[str, float]:
         return model.model(input_ids=torch.tensor([ids]).cuda(), position_ids=torch.tensor([pos]).cuda(),
                            use_cache=False).last_hidden_state[0].float()
 
-    packed = hidden(sum(docs, []), [p for d in docs for p in range(len(d))])
+    positions = [p for d in docs for p in range(len(d))]
+    packed = hidden(sum(docs, []), positions)
     alone = torch.cat([hidden(d, list(range(len(d)))) for d in docs])
     changed = [[t + 1 for t in docs[0]]] + docs[1:]
     packed2 = hidden(sum(changed, []), [p for d in changed for p in range(len(d))])
@@ -184,6 +188,14 @@ def isolation(attn: str) -> dict[str, float]:
     scale = alone.abs().max().item()
     result = {"max_abs_diff_packed_vs_alone": (packed - alone).abs().max().item(), "hidden_scale": scale,
               "neighbour_change_max_diff": (packed2[n0:] - packed[n0:]).abs().max().item()}
+    if attn == "flex_attention":  # the mask the trainer builds on the host
+        mask = document_block_mask(torch.tensor([positions]), DEVICE)
+        with torch.no_grad():
+            host = model.model(input_ids=torch.tensor([sum(docs, [])]).cuda(), attention_mask=mask,
+                               position_ids=torch.tensor([positions]).cuda(), use_cache=False)
+        host_hidden = host.last_hidden_state[0].float()
+        result["host_mask_max_abs_diff_vs_alone"] = (host_hidden - alone).abs().max().item()
+        result["host_mask_max_abs_diff_vs_model_mask"] = (host_hidden - packed).abs().max().item()
     model.cpu()  # free the GPU for the next variant
     torch.cuda.empty_cache()
     return result

@@ -90,7 +90,7 @@ def test_packed_rows_give_the_same_logits_as_each_example_alone(tiny_base, tok):
     assert not torch.allclose(leaky[:n], alone, atol=1e-2)
 
 
-def _losses(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False):
+def _losses(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False, attn="sdpa"):
     """Losses of three SFT steps of the project's trainer on the FACTS conversations."""
     from iceburg_daemon.testing import FACTS, fact_record
     from iceburg_daemon.training.model import add_lora
@@ -99,7 +99,7 @@ def _losses(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False):
 
     examples = [encode_conversation(tok, fact_record(p, c)["messages"], max_length=256) for p, c in FACTS]
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation=attn)
     model = add_lora(base, dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     if checkpointing:  # as the training child enables it
         base.activation_checkpointing_enable({"use_reentrant": False})
@@ -130,3 +130,58 @@ def test_gradient_checkpointing_trains_exactly_like_keeping_activations(tiny_bas
     recomputed = _losses(tiny_base, tok, tmp_path / "recomputed", checkpointing=True)
     assert len(recomputed) == 3 and recomputed == pytest.approx(kept, rel=1e-5)
     assert recomputed[2] < recomputed[0]  # it trained
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+def test_host_built_block_mask_is_causal_within_each_document():
+    """flex_attention with the mask built on the host (partial blocks, full blocks, documents across block
+    edges, a short last block) equals dense attention under the brute-force mask. Compiled: the eager
+    reference applies mask_mod everywhere, so a block wrongly called full would go unnoticed there."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from iceburg_daemon.training.model import document_block_mask
+
+    block, length = 16, 72  # 4 whole blocks and a short one
+    rows = [[5, 30, 16, 16, 5], [72], [16, 16, 16, 16, 8], [40, 20, 12]]
+    pos = torch.tensor([[p for n in row for p in range(n)] for row in rows])
+    mask = document_block_mask(pos, torch.device("cpu"), block=block)
+    assert mask.full_kv_num_blocks.sum() > 0 and mask.kv_num_blocks.sum() > 0  # both kinds exercised
+    doc = (pos == 0).cumsum(1)
+    q_i, kv_i = torch.arange(length).view(-1, 1), torch.arange(length).view(1, -1)
+    dense = (doc[:, :, None] == doc[:, None, :]) & (q_i >= kv_i)  # (rows, L, L)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(len(rows), 2, length, 8) for _ in range(3))
+    got = torch.compile(flex_attention)(q, k, v, block_mask=mask)  # eager flex ignores full/partial blocks
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense[:, None])
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")  # dynamo's
+def test_trainer_batches_for_flex_attention_carry_the_host_mask(tiny_base, tok, tmp_path):
+    """The CUDA configuration (flex_attention, rows padded to max_length, the block mask built on the host by
+    the trainer) run on CPU, forward only (flex has no CPU backward): the loss equals sdpa's on the same rows."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from iceburg_daemon.testing import FACTS, fact_record
+    from iceburg_daemon.training.model import add_lora, token_loss_sum
+    from iceburg_daemon.training.progress import Progress
+    from iceburg_daemon.training.sft import Settings, Trainer
+
+    examples = [encode_conversation(tok, fact_record(p, c)["messages"], max_length=256) for p, c in FACTS]
+    s = Settings(micro_batch=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, epochs=1, max_steps=1,
+                 seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
+                 checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=True)
+    losses = {}
+    for attn in ("sdpa", "flex_attention"):
+        lora = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+        model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation=attn), lora).eval()
+        trainer = Trainer(model, examples, s, tmp_path / attn, torch.device("cpu"), tok.pad_token_id,
+                          Progress(tmp_path, enabled=False), lambda: False)
+        ids, labels, pos, mask = trainer._batch(trainer.plan[0])
+        assert (mask is not None) == (attn == "flex_attention") and trainer.flex == (mask is not None)
+        assert mask is None or isinstance(mask, BlockMask) and mask.shape == (2, 1, 256, 256)
+        assert (pos == 0).sum() > ids.shape[0]  # packed: several documents per row
+        with torch.no_grad():
+            losses[attn] = token_loss_sum(model, ids, labels, pos, attention_mask=mask).item()
+    assert losses["flex_attention"] == pytest.approx(losses["sdpa"], rel=1e-5)

@@ -96,15 +96,53 @@ def add_lora(model: Any, params: dict[str, Any]) -> PeftModel:
     return get_peft_model(model, config)
 
 
+def document_block_mask(positions: torch.Tensor, device: torch.device, block: int = 128) -> Any:
+    """flex_attention's BlockMask for packed rows (causal within each document; a document starts where the
+    position restarts at 0), built on the host from the positions: transformers would instead find the
+    documents on the device and wait for the answer (one host sync per forward), then compile a mask kernel."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    rows, length = positions.shape
+    doc = (positions == 0).cumsum(1)
+    n = -(-length // block)
+    starts = torch.arange(n) * block
+    ends = torch.clamp(starts + block, max=length) - 1
+    first, last = doc[:, starts], doc[:, ends]  # (rows, n): documents at each block's first and last token
+    q, kv = torch.arange(n).view(n, 1), torch.arange(n).view(1, n)
+    # Documents are contiguous, so a kv block at or before a q block shares a document with it iff the kv
+    # block's last document reaches the q block's first; it is full (no mask needed) when both blocks lie in
+    # one document, are whole, and the kv block is strictly earlier.
+    some = (kv <= q) & (last[:, None, :] >= first[:, :, None])
+    whole = (ends - starts + 1 == block)
+    full = (kv < q) & (first[:, None, :] == last[:, :, None]) & whole.view(1, n) & whole.view(n, 1)
+    partial = some & ~full
+
+    def blocks(kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.argsort((~kind).to(torch.int8), dim=-1, stable=True)  # the kind's blocks first, in order
+        count = kind.sum(-1, dtype=torch.int32)
+        return (count[:, None].to(device, non_blocking=True),
+                order[:, None].to(torch.int32).to(device, non_blocking=True))
+
+    doc_on_device = doc.to(device, non_blocking=True)
+
+    def same_document_causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return (doc_on_device[b, q_idx] == doc_on_device[b, kv_idx]) & (q_idx >= kv_idx)
+
+    (kv_num, kv_idx), (full_num, full_idx) = blocks(partial), blocks(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
+                                    mask_mod=same_document_causal, seq_lengths=(length, length))
+
+
 def token_loss_sum(peft_model: Any, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
-                   chunk: int = 4096) -> torch.Tensor:
+                   chunk: int = 4096, attention_mask: Any = None) -> torch.Tensor:
     """Sum of cross-entropy over trained tokens only: the LM head runs on labelled positions, in chunks, so the
     full (tokens x vocabulary) logits never exist. Packed rows are isolated by their restarting position_ids.
 
     `labels` may stay on the CPU: the trained positions are then found there, so nothing waits on the GPU
     (a boolean mask on a CUDA tensor synchronises the host every micro-batch)."""
     causal_lm = peft_model.get_base_model()
-    hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                     use_cache=False).last_hidden_state
     flat = labels.reshape(-1)
     where = (flat != -100).nonzero().squeeze(1)
     targets = flat.index_select(0, where).to(hidden.device, non_blocking=True)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from iceburg_daemon.training import checkpoint
 from iceburg_daemon.training.data import Example, epoch_order, pack, row_tensors_data, steps_of
-from iceburg_daemon.training.model import token_loss_sum
+from iceburg_daemon.training.model import document_block_mask, token_loss_sum
 from iceburg_daemon.training.progress import Progress
 
 
@@ -82,6 +82,7 @@ class Trainer:
         self.state: dict[str, Any] = {"global_step": 0, "oom_retries": [], "micro_batch": s.micro_batch}
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.flex = getattr(model.get_base_model().config, "_attn_implementation", None) == "flex_attention"
 
     def resume(self) -> int:
         ckpt = checkpoint.latest(self.run_dir)
@@ -164,8 +165,8 @@ class Trainer:
         for micro in steps_of(rows, self.micro):
             if g + 1 == self.s.inject_oom_at_step and not self.state["oom_retries"]:
                 raise torch.OutOfMemoryError("injected out-of-memory (test hook)")
-            ids, labels, pos = self._batch(micro)
-            loss = token_loss_sum(self.model, ids, labels, pos) / trained
+            ids, labels, pos, mask = self._batch(micro)
+            loss = token_loss_sum(self.model, ids, labels, pos, attention_mask=mask) / trained
             loss.backward()
             loss_total += loss.detach()
             tokens += sum(len(self.examples[i].input_ids) for row in micro for i in row)
@@ -179,13 +180,15 @@ class Trainer:
             return reduced[0].item(), int(reduced[1].item())
         return loss_total.item(), tokens
 
-    def _batch(self, micro: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids, labels, position_ids): ids and positions on the device (copied from pinned memory
-        without blocking on CUDA), labels left on the host for token_loss_sum."""
+    def _batch(self, micro: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """(input_ids, labels, position_ids, attention mask): ids and positions on the device (copied from
+        pinned memory without blocking on CUDA), labels left on the host for token_loss_sum; the mask is
+        flex_attention's block mask built on the host, else None (the model derives it from the positions)."""
         width = self.s.max_length if self.s.fixed_width else max(
             sum(len(self.examples[i].input_ids) for i in row) for row in micro)
         cols = [row_tensors_data(self.examples, row, width, self.pad_id) for row in micro]
         ids, labels, pos = (torch.tensor([c[j] for c in cols]) for j in range(3))
         if self.device.type == "cuda":
             ids, pos = ids.pin_memory(), pos.pin_memory()
-        return ids.to(self.device, non_blocking=True), labels, pos.to(self.device, non_blocking=True)
+        mask = document_block_mask(pos, self.device) if self.flex else None
+        return ids.to(self.device, non_blocking=True), labels, pos.to(self.device, non_blocking=True), mask
