@@ -47,7 +47,7 @@ class TrainParams:
     attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
     compile_layers: bool = False  # torch.compile each decoder layer (CUDA: 1.6x on an H200, ~1 min to compile)
     # Keep only each decoder layer's input for backward and recompute the rest (~1/3 more compute). auto: on for
-    # CPU and MPS, where activations share the machine's memory (SmolLM2, rows 2048 x4, fp32: 20 GB without)
+    # CPU and MPS, where activations share the memory (SmolLM2, rows 2048 x4, fp32: 9.5 GB; OOM past 24 GB without)
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     dpo_min_pairs: int = 50  # DPO after SFT when the role has at least this many preference pairs
     dpo_beta: float = 0.1

@@ -90,8 +90,9 @@ def test_packed_rows_give_the_same_logits_as_each_example_alone(tiny_base, tok):
     assert not torch.allclose(leaky[:n], alone, atol=1e-2)
 
 
-def _losses(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False, attn="sdpa"):
-    """Losses of three SFT steps of the project's trainer on the FACTS conversations."""
+def _trainer(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False, attn="sdpa", micro_batch=2,
+             grad_accum=1, should_stop=lambda: False):
+    """The project's trainer over the FACTS conversations (three steps), and the list its step losses go to."""
     from iceburg_daemon.testing import FACTS, fact_record
     from iceburg_daemon.training.model import add_lora
     from iceburg_daemon.training.progress import Progress
@@ -103,16 +104,20 @@ def _losses(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False, 
     model = add_lora(base, dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     if checkpointing:  # as the training child enables it
         base.activation_checkpointing_enable({"use_reentrant": False})
+    assert base.is_activation_checkpointing == checkpointing
     seen = []
     progress = Progress(run_dir, enabled=False)
     progress.on_step = lambda fields: seen.append(fields["loss"])
-    s = Settings(micro_batch=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, epochs=1, max_steps=3,
-                 seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
+    s = Settings(micro_batch=micro_batch, grad_accum=grad_accum, learning_rate=1e-2, warmup_ratio=0.0, epochs=1,
+                 max_steps=3, seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
                  checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=fixed_width)
-    trainer = Trainer(model, examples, s, run_dir, torch.device("cpu"), tok.pad_token_id, progress, lambda: False)
+    return Trainer(model, examples, s, run_dir, torch.device("cpu"), tok.pad_token_id, progress, should_stop), seen
+
+
+def _losses(tiny_base, tok, run_dir, **kwargs):
+    trainer, seen = _trainer(tiny_base, tok, run_dir, **kwargs)
     trainer.save = lambda: None
     assert trainer.run() == "succeeded"
-    assert base.is_activation_checkpointing == checkpointing
     return seen
 
 
@@ -185,3 +190,23 @@ def test_trainer_batches_for_flex_attention_carry_the_host_mask(tiny_base, tok, 
         with torch.no_grad():
             losses[attn] = token_loss_sum(model, ids, labels, pos, attention_mask=mask).item()
     assert losses["flex_attention"] == pytest.approx(losses["sdpa"], rel=1e-5)
+
+
+def test_a_stop_between_micro_batches_drops_the_partial_step_and_resumes_exactly(tiny_base, tok, tmp_path):
+    """A stop asked in the middle of a step (minutes on a CPU) does not wait for the step's end: the partial
+    gradients are dropped, the last whole step is checkpointed, and the resumed run gives the same losses."""
+    reference = _losses(tiny_base, tok, tmp_path / "whole", micro_batch=1, grad_accum=2)
+    asked = []
+
+    def stop_during_the_second_step():  # asked before each step and before each micro-batch after the first
+        asked.append(1)
+        return len(asked) == 4
+
+    first, seen = _trainer(tiny_base, tok, tmp_path / "run", micro_batch=1, grad_accum=2,
+                           should_stop=stop_during_the_second_step)
+    assert first.run() == "interrupted"
+    assert seen == pytest.approx(reference[:1], rel=1e-5) and len(asked) == 4  # stopped inside step 2
+    resumed, seen_after = _trainer(tiny_base, tok, tmp_path / "run", micro_batch=1, grad_accum=2)
+    assert resumed.resume() == 1
+    assert resumed.run() == "succeeded"
+    assert seen_after == pytest.approx(reference[1:], rel=1e-5)

@@ -65,6 +65,10 @@ def schedule(total: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
+class _StoppedMidStep(Exception):
+    """should_stop() turned true between two micro-batches of a step: its partial gradients are dropped."""
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -108,7 +112,12 @@ class Trainer:
                 self.save()
                 return "interrupted"
             t0 = time.monotonic()
-            loss, tokens = self._step(g)
+            try:
+                loss, tokens = self._step(g)
+            except _StoppedMidStep:  # the weights are still those of global step g: saved as such
+                self.optimizer.zero_grad(set_to_none=True)
+                self.save()
+                return "interrupted"
             torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
@@ -162,7 +171,11 @@ class Trainer:
         trained = sum(self.examples[i].trained for row in self.plan[g] for i in row)  # all ranks: one normaliser
         # The loss stays on the device until the step ends: one host sync per step, not one per micro-batch.
         loss_total, tokens = torch.zeros((), device=self.device), 0
-        for micro in steps_of(rows, self.micro):
+        for k, micro in enumerate(steps_of(rows, self.micro)):
+            # A stop waits for one micro-batch, not the whole step (minutes on a CPU). One process only: ranks
+            # may hold different numbers of micro-batches, and the stop vote is a collective.
+            if k and self.world == 1 and self.should_stop():
+                raise _StoppedMidStep
             if g + 1 == self.s.inject_oom_at_step and not self.state["oom_retries"]:
                 raise torch.OutOfMemoryError("injected out-of-memory (test hook)")
             ids, labels, pos, mask = self._batch(micro)
