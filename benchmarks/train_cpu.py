@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
-from iceburg_daemon.training.model import add_lora  # noqa: E402
+from iceburg_daemon.training.model import add_lora, enable_checkpointing  # noqa: E402
 from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer, plan_steps  # noqa: E402
 from iceburg_daemon.training.tiny import build_tokenizer  # noqa: E402
@@ -82,7 +82,7 @@ def project(data: list[Example], steps: int, checkpointing: bool = False) -> flo
     s = Settings(max_steps=steps, **SETTINGS)
     peft_model = model()
     if checkpointing:  # as the training child does on CPU and MPS by default
-        peft_model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+        enable_checkpointing(peft_model.get_base_model())
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(peft_model, data, s, Path(tmp), torch.device("cpu"), 0, Progress(Path(tmp), enabled=False),
                           lambda: False)

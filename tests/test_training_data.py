@@ -94,7 +94,7 @@ def _trainer(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False,
              grad_accum=1, should_stop=lambda: False):
     """The project's trainer over the FACTS conversations (three steps), and the list its step losses go to."""
     from iceburg_daemon.testing import FACTS, fact_record
-    from iceburg_daemon.training.model import add_lora
+    from iceburg_daemon.training.model import add_lora, enable_checkpointing
     from iceburg_daemon.training.progress import Progress
     from iceburg_daemon.training.sft import Settings, Trainer
 
@@ -103,7 +103,7 @@ def _trainer(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False,
     base = AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation=attn)
     model = add_lora(base, dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     if checkpointing:  # as the training child enables it
-        base.activation_checkpointing_enable({"use_reentrant": False})
+        enable_checkpointing(base)
     assert base.is_activation_checkpointing == checkpointing
     seen = []
     progress = Progress(run_dir, enabled=False)

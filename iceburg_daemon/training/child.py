@@ -83,7 +83,7 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     peft_model = models.add_lora(base, params).to(device)
     checkpointing = models.use_checkpointing(params.get("gradient_checkpointing", "auto"), device)
     if checkpointing:
-        base.activation_checkpointing_enable({"use_reentrant": False})
+        models.enable_checkpointing(base)
     progress.update(gradient_checkpointing=checkpointing)
     if params.get("compile_layers"):
         for layer in peft_model.get_base_model().get_decoder().layers:

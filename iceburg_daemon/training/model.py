@@ -50,6 +50,15 @@ def use_checkpointing(requested: str, device: torch.device) -> bool:
     return requested == "on" or (requested == "auto" and device.type != "cuda")
 
 
+def enable_checkpointing(base: Any) -> None:
+    """Non-reentrant activation checkpointing on every decoder layer (its name before transformers 5.2x kept
+    for older installs, e.g. a GPU host's own stack)."""
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def load_base(ref: str, *, allow_download: bool, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder). `ref` is a folder or a Hugging Face id; HF_HUB_OFFLINE is honoured."""
     local = Path(ref).expanduser()
