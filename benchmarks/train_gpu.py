@@ -149,6 +149,7 @@ def profile_steps(trainer: Trainer, first: int, steps: int = 2) -> dict:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    trainer.should_stop = lambda: False  # it is already true (the run ended on it): no stop mid-step here
     sync()
     with profile(activities=activities) as prof:
         started = time.perf_counter()
