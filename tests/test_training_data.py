@@ -168,27 +168,17 @@ def test_trainer_batches_for_flex_attention_carry_the_host_mask(tiny_base, tok, 
     the trainer) run on CPU, forward only (flex has no CPU backward): the loss equals sdpa's on the same rows."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    from iceburg_daemon.testing import FACTS, fact_record
-    from iceburg_daemon.training.model import add_lora, token_loss_sum
-    from iceburg_daemon.training.progress import Progress
-    from iceburg_daemon.training.sft import Settings, Trainer
+    from iceburg_daemon.training.model import token_loss_sum
 
-    examples = [encode_conversation(tok, fact_record(p, c)["messages"], max_length=256) for p, c in FACTS]
-    s = Settings(micro_batch=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, epochs=1, max_steps=1,
-                 seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
-                 checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=True)
     losses = {}
     for attn in ("sdpa", "flex_attention"):
-        lora = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-        model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation=attn), lora).eval()
-        trainer = Trainer(model, examples, s, tmp_path / attn, torch.device("cpu"), tok.pad_token_id,
-                          Progress(tmp_path, enabled=False), lambda: False)
+        trainer, _ = _trainer(tiny_base, tok, tmp_path / attn, fixed_width=True, attn=attn)
         ids, labels, pos, mask = trainer._batch(trainer.plan[0])
         assert (mask is not None) == (attn == "flex_attention") and trainer.flex == (mask is not None)
         assert mask is None or isinstance(mask, BlockMask) and mask.shape == (2, 1, 256, 256)
         assert (pos == 0).sum() > ids.shape[0]  # packed: several documents per row
         with torch.no_grad():
-            losses[attn] = token_loss_sum(model, ids, labels, pos, attention_mask=mask).item()
+            losses[attn] = token_loss_sum(trainer.model.eval(), ids, labels, pos, attention_mask=mask).item()
     assert losses["flex_attention"] == pytest.approx(losses["sdpa"], rel=1e-5)
 
 
