@@ -124,6 +124,8 @@ class _Bar:
         if not self.enabled or not p:
             return
         info = (f"loss {p['loss']:.4f} lr {p['lr']:.2e} {p['tokens_per_s']:.0f} tok/s" if "loss" in p else "")
+        if p.get("micro_done"):
+            info += f" (step {p.get('step', 0) + 1}: micro-batch {p['micro_done']}/{p['micro_total']} done)"
         self.progress.update(self.task, description=p.get("phase", ""), total=p.get("total"),
                              completed=p.get("step", 0), info=info)
 
@@ -143,9 +145,9 @@ def run_runs(cfg: Config, args: argparse.Namespace) -> int:
                 print("no training runs yet (`iceburgd train --role ROLE` queues one)")
             for r in [] if args.json else rows:
                 p = r["progress"] or {}
-                step = f"{p.get('step', 0)}/{p.get('total', '?')}" if p else "-"
+                step = _step_text(p) if p else "-"
                 eval_loss = (r["metrics"] or {}).get("eval_loss")
-                print(f"{r['id']}  {r['status']:<11} step {step:<9} attempts {r['attempts']}"
+                print(f"{r['id']}  {r['status']:<11} step {step:<13} attempts {r['attempts']}"
                       f"  eval_loss {'-' if eval_loss is None else f'{eval_loss:.4f}'}  {r['reason'] or ''}")
             return EXIT_OK
         row = store.run(args.id)
@@ -160,6 +162,12 @@ def run_runs(cfg: Config, args: argparse.Namespace) -> int:
         store.close()
 
 
+def _step_text(p: dict[str, Any]) -> str:
+    """"3/40", or "3/40 (2/4)" while step 4 is 2 of its 4 micro-batches in (long CPU steps)."""
+    text = f"{p.get('step', 0)}/{p.get('total', '?')}"
+    return text + (f" ({p['micro_done']}/{p['micro_total']})" if p.get("micro_done") else "")
+
+
 def _run_text(v: dict[str, Any]) -> str:
     p, m = v["progress"] or {}, v["metrics"] or {}
     lines = [f"{v['id']}  {v['status']}" + (f" ({v['reason']})" if v["reason"] else ""),
@@ -167,7 +175,7 @@ def _run_text(v: dict[str, Any]) -> str:
              f" snapshot {v['snapshot_id']}",
              f"  folder {v['run_dir']}"]
     if p:
-        lines.append(f"  progress: {p.get('phase')} step {p.get('step', 0)}/{p.get('total', '?')}"
+        lines.append(f"  progress: {p.get('phase')} step {_step_text(p)}"
                      + (f", loss {p['loss']:.4f}, {p['tokens_per_s']:.0f} tokens/s" if "loss" in p else ""))
     if m:
         lines.append(f"  eval loss {m.get('eval_loss')} (base {m.get('eval_loss_base')})")

@@ -200,3 +200,29 @@ def test_a_stop_between_micro_batches_drops_the_partial_step_and_resumes_exactly
     assert resumed.resume() == 1
     assert resumed.run() == "succeeded"
     assert seen_after == pytest.approx(reference[1:], rel=1e-5)
+
+
+def test_progress_shows_micro_batches_within_a_step(tiny_base, tok, tmp_path):
+    """progress.json says how far into a step the trainer is (a CPU step takes minutes); `runs` shows it."""
+    import json
+
+    from iceburg_daemon.cli_train import _step_text
+    from iceburg_daemon.training.progress import Progress
+
+    seen = []
+
+    def probe():  # asked before each step and between its micro-batches: what does progress.json say then?
+        path = tmp_path / "run" / "progress.json"
+        p = json.loads(path.read_text()) if path.exists() else {}
+        seen.append((p.get("step", 0), p.get("micro_done", 0), p.get("micro_total")))
+        return False
+
+    trainer, _ = _trainer(tiny_base, tok, tmp_path / "run", micro_batch=1, grad_accum=2, should_stop=probe)
+    (tmp_path / "run").mkdir()
+    trainer.progress = Progress(tmp_path / "run", micro_interval_s=0.0)
+    trainer.save = lambda: None
+    assert trainer.run() == "succeeded"
+    # before step 1, inside step 1, before step 2 (step 1 done, no micro-batch yet), inside step 2, ...
+    assert seen == [(0, 0, None), (0, 1, 2), (1, 0, 2), (1, 1, 2), (2, 0, 2), (2, 1, 2)]
+    assert _step_text({"step": 1, "total": 3, "micro_done": 1, "micro_total": 2}) == "1/3 (1/2)"
+    assert _step_text({"step": 2, "total": 3, "micro_done": 0, "micro_total": 2}) == "2/3"

@@ -171,6 +171,7 @@ class Trainer:
         trained = sum(self.examples[i].trained for row in self.plan[g] for i in row)  # all ranks: one normaliser
         # The loss stays on the device until the step ends: one host sync per step, not one per micro-batch.
         loss_total, tokens = torch.zeros((), device=self.device), 0
+        micros = -(-len(rows) // self.micro)
         for k, micro in enumerate(steps_of(rows, self.micro)):
             # A stop waits for one micro-batch, not the whole step (minutes on a CPU). One process only: ranks
             # may hold different numbers of micro-batches, and the stop vote is a collective.
@@ -183,6 +184,8 @@ class Trainer:
             loss.backward()
             loss_total += loss.detach()
             tokens += sum(len(self.examples[i].input_ids) for row in micro for i in row)
+            if k + 1 < micros:
+                self.progress.micro(k + 1, micros)
         if self.world > 1:
             for p in self.params:  # LoRA grads are small: an all-reduce of each beats wrapping PEFT in DDP
                 if p.grad is None:
