@@ -5,6 +5,7 @@ import json
 import random
 import sqlite3
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ from iceburg_daemon.ingest import ingest_paths
 from iceburg_daemon.quality import bands as bands_module
 from iceburg_daemon.quality.bands import BandIndex
 from iceburg_daemon.quality.chain import FilterChain
-from iceburg_daemon.quality.minhash import _A, _B, _SHINGLE_MIX, band_keys, shingle_hashes, signatures, word_hashes
+from iceburg_daemon.quality.dedup import TEMPLATE_PERMS, TEMPLATE_SHINGLE, template_sketches, topic_words
+from iceburg_daemon.quality.heuristics import STOP_WORDS
+from iceburg_daemon.quality.minhash import _A, _B, _SHINGLE_MIX, band_keys, shingle_hashes, signatures
+from iceburg_daemon.quality.text import words
+from iceburg_daemon.quality.vocab import encode
 from iceburg_daemon.store import Store
 from iceburg_daemon.store.schema import MIGRATIONS
 from iceburg_daemon.testing import chat_record, mixed_corpus, write_config, write_jsonl
@@ -24,7 +29,7 @@ M64 = (1 << 64) - 1
 
 def _signature_by_definition(tokens, n, perms):
     """One text, plain Python ints: word n-gram hashes, then the minimum of each multiply-shift hash."""
-    wh = [int(h) for h in word_hashes(tokens)]
+    wh = [zlib.crc32(t.encode("utf-8")) for t in tokens]
     mix = [int(m) for m in _SHINGLE_MIX]
     if not wh:
         return [0xFFFFFFFF] * perms
@@ -39,9 +44,28 @@ def test_batched_minhash_matches_the_definition_text_by_text():
     texts = [[], ["one"], ["two", "words"], ["a", "b", "c", "d"]]  # empty and shorter than the shingle
     texts += [[rng.choice(vocab) for _ in range(rng.randint(5, 400))] for _ in range(60)]
     for n, perms in ((5, 64), (4, 32)):
-        got = signatures(*shingle_hashes(texts, n), perms, chunk=256)  # small chunks: many groups
+        enc = encode(texts)
+        got = signatures(*shingle_hashes(enc.hashes, enc.sizes, n), perms, chunk=256)  # small chunks: many groups
         for tokens, sig in zip(texts, got, strict=True):
             assert sig.tolist() == _signature_by_definition(tokens, n, perms)
+
+
+def test_template_sketch_is_the_minhash_of_the_skeleton_by_definition():
+    """The vectorised skeleton (topic words and numbers masked by id) equals masking word by word: the prompt's
+    content words become "§", all-digit words "#", everything else stays; topics never leak across records."""
+    rng = random.Random(9)
+    vocab = ["the", "of", "and", "cats", "dogs", "rain", "12", "2026", "x1", "sky", "blue", "go", "running"]
+    prompts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 6))) for _ in range(80)]
+    answers = [[rng.choice(vocab) for _ in range(rng.randint(0, 40))] for _ in range(80)]
+    enc_answers, enc_topics = encode(answers + [topic_words(p) for p in prompts]).split(len(answers))
+    got = template_sketches(enc_answers, enc_topics)
+    masked_somewhere = 0
+    for prompt, tokens, (_, sig) in zip(prompts, answers, got, strict=True):
+        topic = {w for w in words(prompt) if len(w) > 2 and w not in STOP_WORDS}
+        skeleton = ["§" if w in topic else "#" if w.isdecimal() else w for w in tokens]
+        masked_somewhere += "§" in skeleton
+        assert sig.tolist() == _signature_by_definition(skeleton, TEMPLATE_SHINGLE, TEMPLATE_PERMS)
+    assert masked_somewhere > 20  # the test exercises the topic mask, not only numbers
 
 
 def test_band_keys_mix_the_band_number_into_each_band():
@@ -92,8 +116,8 @@ def test_the_most_similar_candidate_wins_and_ties_go_to_the_oldest(cfg):
     query[63] ^= np.uint64(1)  # one hash differs: 63/64
     keys = band_keys(query[None, :], NEAR_BANDS)[0].tolist()
     index = DuplicateIndex(store, cfg.quality)
-    index.load(store.generation(), [], [keys], [])
-    finding, best = index.check_near((keys, query))
+    index.load(store.generation(), [], [(10, (keys, query))], [])
+    finding, best = index.check_near(10, (keys, query))
     assert (finding.duplicate_of, best) == (2, 63 / 64)  # not 1 (less similar), not 3 (as similar, but newer)
     store.close()
 

@@ -38,6 +38,14 @@ def _stored(cfg) -> int:
         store.close()
 
 
+def _wait_for_more(cfg, stored: int, total: int, timeout: float = 30.0) -> None:
+    """Until the daemon has stored more than `stored` records (at once when all `total` are in)."""
+    deadline = time.monotonic() + timeout
+    while stored < total and _stored(cfg) <= stored:
+        assert time.monotonic() < deadline, f"no record stored past {stored} within {timeout} s"
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path):
     path = write_config(tmp_path / "home", "[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.1\nbatch_size = 200\n"
@@ -58,9 +66,13 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path):
 
     rng = random.Random(int(os.environ.get("IBD_TEST_SEED", "7")))
     progress = []
-    for _ in range(KILLS):
+    for i in range(KILLS):
         proc = spawn_daemon(path)
-        time.sleep(rng.uniform(0.4, 1.6))
+        if i % 2:  # once it has stored something: a kill mid-ingest, whatever its start-up and recovery cost
+            _wait_for_more(cfg, progress[-1], len(expected))
+            time.sleep(rng.uniform(0.0, 0.5))
+        else:  # any time after the start: also in start-up and recovery
+            time.sleep(rng.uniform(0.4, 1.6))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         progress.append(_stored(cfg))

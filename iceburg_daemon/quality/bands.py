@@ -10,8 +10,6 @@ Memory: 16 bytes per band key, i.e. 256 bytes per record per index (0.5 GB at 1M
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 MERGE_AFTER = 200_000  # the recent array is merged into the large one past this many keys (or an eighth of it)
@@ -46,9 +44,9 @@ class BandIndex:
         self.keys, self.ids = _merge(self.keys, self.ids, self.recent_keys, self.recent_ids)
         self.recent_keys, self.recent_ids = self.recent_keys[:0], self.recent_ids[:0]
 
-    def lookup(self, keys: Iterable[int]) -> dict[int, list[int]]:
+    def lookup(self, keys: np.ndarray | list[int]) -> dict[int, list[int]]:
         """key -> record ids, for the keys that have any."""
-        query = np.unique(np.fromiter(keys, dtype=np.uint64))
+        query = np.unique(np.asarray(keys, dtype=np.uint64))
         found: dict[int, list[int]] = {}
         for sorted_keys, ids in ((self.keys, self.ids), (self.recent_keys, self.recent_ids)):
             left = np.searchsorted(sorted_keys, query, side="left")

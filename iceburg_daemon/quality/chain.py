@@ -30,6 +30,7 @@ FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
 Judged = Counter  # (role, verdict, reason) -> count
 Batch = tuple[int, list[Row], Callable[[], list[Features]]]  # generation, rows, their features (waits for them)
 log = get_logger("iceburgd.filter")
+_SCORES = json.JSONEncoder(sort_keys=True)  # built once: json.dumps(sort_keys=True) builds one per call
 
 
 class FilterChain:
@@ -98,8 +99,9 @@ class FilterChain:
     def _judge_batch(self, generation: int, feats: list[Features]) -> list[dict[str, Any]]:
         verdicts, waiting = [], []  # waiting: passed filters 1-7 and 9, semantic check still to come
         with self.store.transaction():
-            self.index.load(generation, (f.exact for f in feats if f.exact), (f.near[0] for f in feats if f.near),
-                            (f.template[0] for f in feats if f.template))
+            self.index.load(generation, (f.exact for f in feats if f.exact),
+                            [(f.record_id, f.near) for f in feats if f.near is not None],
+                            [(f.record_id, f.template) for f in feats if f.template is not None])
             for f in feats:
                 scores: dict[str, Any] = {}
                 finding = self._filters(f, scores)
@@ -155,7 +157,7 @@ class FilterChain:
             "detail": finding.detail if finding else None, "score": finding.score if finding else None,
             "duplicate_of": finding.duplicate_of if finding else None,
             "cluster_id": finding.cluster_id if finding else None,
-            "redacted": 1 if f.record.get("redactions") else 0, "scores": json.dumps(scores, sort_keys=True),
+            "redacted": 1 if f.record.get("redactions") else 0, "scores": _SCORES.encode(scores),
             "generation": generation, "created_at": self.clock(),
         }
 
@@ -172,7 +174,7 @@ class FilterChain:
             if found:
                 return found
         if f.near is not None:
-            found, scores["near_similarity"] = self.index.check_near(f.near)
+            found, scores["near_similarity"] = self.index.check_near(f.record_id, f.near)
             if found:
                 return found
         if f.template is not None:
@@ -181,7 +183,7 @@ class FilterChain:
                 return found
         if f.repetition is not None:
             found, rep = f.repetition
-            scores.update({k: round(v, 4) for k, v in rep.items()})
+            scores.update(rep)
             if found:
                 return found
         if record.get("redactions"):

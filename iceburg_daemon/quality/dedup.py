@@ -9,6 +9,7 @@ the batch added in one go. Results are the same as record-by-record lookups.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import Any, Iterable
 
 import numpy as np
@@ -18,39 +19,43 @@ from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.heuristics import STOP_WORDS
 from iceburg_daemon.quality.minhash import band_keys, shingle_hashes, signatures
 from iceburg_daemon.quality.text import normalise, words
+from iceburg_daemon.quality.vocab import Encoded
 
 NEAR_INDEX, TEMPLATE_INDEX = 1, 2
 NEAR_PERMS, NEAR_BANDS, NEAR_SHINGLE = 64, 16, 5  # 16 bands x 4 rows: candidates from ~0.5 Jaccard
 TEMPLATE_PERMS, TEMPLATE_BANDS, TEMPLATE_SHINGLE = 32, 16, 4  # 16 x 2: candidates from ~0.25
 
-Sketch = tuple[list[int], np.ndarray]  # LSH band keys and MinHash signature
+Sketch = tuple[np.ndarray, np.ndarray]  # LSH band keys and MinHash signature
+_TOPIC_HASH, _NUMBER_HASH = np.uint64(zlib.crc32("§".encode())), np.uint64(zlib.crc32(b"#"))
 
 
 def exact_key(prompt: str, answer: str) -> str:
     return hashlib.sha256(f"{normalise(prompt)}\x00{normalise(answer)}".encode("utf-8")).hexdigest()
 
 
-def skeleton(prompt: str, answer: str, answer_words: list[str] | None = None) -> list[str]:
-    """The answer's words with the prompt's content words and all numbers masked: what a template keeps."""
-    topic = {w for w in words(prompt) if len(w) > 2 and w not in STOP_WORDS}
-    # Words are \w+ runs, so "only digits" is exactly the old number pattern ^\d+([.,]\d+)*$ on them.
-    return ["§" if w in topic else "#" if w.isdecimal() else w for w in (answer_words or words(answer))]
+def topic_words(prompt: str) -> list[str]:
+    """The prompt's content words: what a template slots in, masked in the answer's skeleton."""
+    return [w for w in words(prompt) if len(w) > 2 and w not in STOP_WORDS]
 
 
-def near_sketches(answer_words: list[list[str]]) -> list[Sketch]:
-    """Answers' word lists -> their near-duplicate sketches (MinHash of word 5-grams + LSH keys)."""
-    return _sketches(shingle_hashes(answer_words, NEAR_SHINGLE), NEAR_PERMS, NEAR_BANDS)
+def near_sketches(answers: Encoded) -> list[Sketch]:
+    """Answers' encoded words -> their near-duplicate sketches (MinHash of word 5-grams + LSH keys)."""
+    return _sketches(shingle_hashes(answers.hashes, answers.sizes, NEAR_SHINGLE), NEAR_PERMS, NEAR_BANDS)
 
 
-def template_sketches(prompts: list[str], answers: list[str], answer_words: list[list[str]]) -> list[Sketch]:
-    """(prompt, answer) pairs -> their template sketches (MinHash of skeleton 4-grams + LSH keys)."""
-    skeletons = [skeleton(p, a, w) for p, a, w in zip(prompts, answers, answer_words)]
-    return _sketches(shingle_hashes(skeletons, TEMPLATE_SHINGLE), TEMPLATE_PERMS, TEMPLATE_BANDS)
+def template_sketches(answers: Encoded, topics: Encoded) -> list[Sketch]:
+    """Answers' and their prompts' topic words (encoded in one call, so their ids agree) -> template sketches:
+    MinHash of the 4-grams of each answer's skeleton, its words with the topic words as "§" and numbers as "#"."""
+    text = np.repeat(np.arange(len(answers.sizes)), answers.sizes)
+    topic_keys = np.repeat(np.arange(len(topics.sizes)), topics.sizes) * topics.distinct + topics.ids
+    masked = np.isin(text * topics.distinct + answers.ids, topic_keys)
+    hashes = np.where(masked, _TOPIC_HASH, np.where(answers.numbers, _NUMBER_HASH, answers.hashes))
+    return _sketches(shingle_hashes(hashes, answers.sizes, TEMPLATE_SHINGLE), TEMPLATE_PERMS, TEMPLATE_BANDS)
 
 
 def _sketches(shingles: tuple[np.ndarray, np.ndarray], perms: int, bands: int) -> list[Sketch]:
     sigs = signatures(*shingles, perms)
-    return list(zip(band_keys(sigs, bands).tolist(), sigs))
+    return list(zip(band_keys(sigs, bands), sigs))
 
 
 class DuplicateIndex:
@@ -65,7 +70,10 @@ class DuplicateIndex:
         self._generation: int | None = None
         self._exact: dict[str, int] = {}
         self._found: dict[int, dict[int, list[int]]] = {}  # stored records sharing the batch's band keys
-        self._added: dict[int, list[tuple[list[int], int]]] = {}  # (keys, record id) this batch adds
+        # Per record of the batch, its band keys that a stored record or another record of the batch shares:
+        # a record without any (most of them) has no candidates at all.
+        self._shared: dict[int, dict[int, list[int]]] = {}
+        self._added: dict[int, list[tuple[np.ndarray, int]]] = {}  # (keys, record id) this batch adds
         self._batch_bands: dict[int, dict[int, list[int]]] = {}
         self._sigs: dict[int, dict[int, tuple[int | None, np.ndarray]]] = {}
         self._clusters: dict[int, list[int]] = {}  # cluster id -> [size, kept]
@@ -74,14 +82,20 @@ class DuplicateIndex:
         self._new_sigs: list[tuple[int, int, int | None, bytes]] = []
         self._dirty: set[int] = set()
 
-    def load(self, generation: int, exact_keys: Iterable[str], near: Iterable[list[int]],
-             template: Iterable[list[int]]) -> None:
-        """Read the stored rows a batch can touch: owners of its exact keys, records sharing its band keys."""
+    def load(self, generation: int, exact_keys: Iterable[str], near: list[tuple[int, Sketch]],
+             template: list[tuple[int, Sketch]]) -> None:
+        """Read the stored rows a batch can touch: owners of its exact keys, records sharing its band keys
+        (`near`, `template`: (record id, sketch) of the batch's records, in order)."""
         self._ensure_bands(generation)
         self._exact = self.store.exact_owners(set(exact_keys))
-        for idx, key_lists in ((NEAR_INDEX, near), (TEMPLATE_INDEX, template)):
-            self._found[idx] = found = self.bands[idx].lookup(k for keys in key_lists for k in keys)
+        for idx, items in ((NEAR_INDEX, near), (TEMPLATE_INDEX, template)):
+            keys = np.array([sketch[0] for _, sketch in items] or [[]], np.uint64)[: len(items)]
+            distinct, counts = np.unique(keys, return_counts=True)
+            self._found[idx] = found = self.bands[idx].lookup(distinct)
             self._sigs[idx] = self.store.lsh_signatures(idx, {r for ids in found.values() for r in ids})
+            shared = np.union1d(distinct[counts > 1], np.fromiter(found, np.uint64, len(found)))
+            mask = np.isin(keys, shared)
+            self._shared[idx] = {items[row][0]: keys[row][mask[row]].tolist() for row in np.flatnonzero(mask.any(1))}
             self._added[idx], self._batch_bands[idx] = [], {}
         clusters = {c for c, _ in self._sigs[TEMPLATE_INDEX].values() if c is not None}
         self._clusters = self.store.clusters(clusters)
@@ -108,8 +122,8 @@ class DuplicateIndex:
                            duplicate_of=owner)
         return None
 
-    def check_near(self, sketch: Sketch) -> tuple[Finding | None, float]:
-        best_id, best = self._best(NEAR_INDEX, sketch)
+    def check_near(self, record_id: int, sketch: Sketch) -> tuple[Finding | None, float]:
+        best_id, best = self._best(NEAR_INDEX, record_id, sketch)
         if best_id is not None and best >= self.q.near_threshold:
             return Finding("near_dedup", "near_duplicate", f"{best:.2f} similar to record {best_id}", score=best,
                            duplicate_of=best_id), best
@@ -117,7 +131,7 @@ class DuplicateIndex:
 
     def check_template(self, record_id: int, sketch: Sketch) -> tuple[Finding | None, float]:
         """Join the answer's skeleton to a cluster (or start one); past `template_keep` members, reject."""
-        best_id, best = self._best(TEMPLATE_INDEX, sketch)
+        best_id, best = self._best(TEMPLATE_INDEX, record_id, sketch)
         if best_id is not None and best >= self.q.template_threshold:
             cluster_id = self._sigs[TEMPLATE_INDEX][best_id][0]
             assert cluster_id is not None
@@ -156,13 +170,14 @@ class DuplicateIndex:
         """The batch's transaction committed: its band keys join the in-memory index."""
         for idx, added in self._added.items():
             if added:
-                self.bands[idx].add(np.array([keys for keys, _ in added], dtype=np.uint64),
-                                    np.array([record_id for _, record_id in added]))
+                self.bands[idx].add(np.stack([keys for keys, _ in added]), np.array([r for _, r in added]))
             added.clear()
 
-    def _best(self, idx: int, sketch: Sketch) -> tuple[int | None, float]:
+    def _best(self, idx: int, record_id: int, sketch: Sketch) -> tuple[int | None, float]:
         """The most similar indexed record (the lowest id among equals) and its estimated Jaccard similarity."""
-        keys, sig = sketch
+        keys, sig = self._shared[idx].get(record_id), sketch[1]
+        if not keys:
+            return None, 0.0
         found, batch = self._found[idx], self._batch_bands[idx]
         candidates = sorted({r for k in keys for r in (*found.get(k, ()), *batch.get(k, ()))})
         if not candidates:
@@ -176,7 +191,7 @@ class DuplicateIndex:
         keys, sig = sketch
         self._sigs[idx][record_id] = (cluster_id, sig)
         batch = self._batch_bands[idx]
-        for k in keys:
+        for k in self._shared[idx].get(record_id, ()):  # a key no other record has is never looked up
             batch.setdefault(k, []).append(record_id)
         self._added[idx].append((keys, record_id))
         self._new_sigs.append((idx, record_id, cluster_id, sig.astype(np.uint32).tobytes()))

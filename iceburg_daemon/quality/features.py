@@ -9,13 +9,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from iceburg_daemon.quality.dedup import Sketch, exact_key, near_sketches, template_sketches
+from iceburg_daemon.quality.dedup import Sketch, exact_key, near_sketches, template_sketches, topic_words
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.heuristics import check_repetition_batch
 from iceburg_daemon.quality.structure import check_structure
 from iceburg_daemon.quality.text import answer as answer_of
 from iceburg_daemon.quality.text import prompt as prompt_of
 from iceburg_daemon.quality.text import words
+from iceburg_daemon.quality.vocab import encode
 
 
 Row = tuple[int, str, str]  # record id, role, canonical JSON
@@ -48,12 +49,15 @@ def extract(rows: list[Row], q: Any) -> list[Features]:
     if q.exact_dedup:
         for f in live:
             f.exact = exact_key(f.prompt, f.answer)
-    if q.near_dedup:
-        for f, sketch in zip(live, near_sketches(tokens)):
-            f.near = sketch
-    if q.template:
-        for f, sketch in zip(live, template_sketches([f.prompt for f in live], [f.answer for f in live], tokens)):
-            f.template = sketch
+    if q.near_dedup or q.template:  # the prompts' topic words too: template skeletons mask them
+        answers, topics = encode(tokens + ([topic_words(f.prompt) for f in live] if q.template else [])
+                                 ).split(len(live))
+        if q.near_dedup:
+            for f, sketch in zip(live, near_sketches(answers)):
+                f.near = sketch
+        if q.template:
+            for f, sketch in zip(live, template_sketches(answers, topics)):
+                f.template = sketch
     if q.repetition:
         for f, result in zip(live, check_repetition_batch([f.answer for f in live], q, tokens)):
             f.repetition = result

@@ -13,6 +13,7 @@ import numpy as np
 
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.text import without_code, words
+from iceburg_daemon.quality.vocab import encode
 
 STOP_WORDS = frozenset(
     "the be to of and a in that have with this for is are was it on as not but by from at an or "  # en
@@ -52,38 +53,23 @@ def _dup_share(items: list[str]) -> float:
     return dup / total if total else 0.0
 
 
-class _WordIds(dict):  # type: ignore[type-arg]
-    """Word -> small integer id, memoised across batches (exact: no hashing, so no collisions)."""
-
-    def __missing__(self, word: str) -> int:
-        value = self[word] = len(self)
-        return value
-
-
-_WORD_IDS = _WordIds()
-
-
 def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], dict[int, float]]]:
     """Gopher's top n-gram and duplicated n-gram character shares for many texts at once.
 
-    All texts' tokens sit in one array. An n-gram can only repeat where its first n-1 words repeat, so each n
+    All texts' word ids sit in one array. An n-gram can only repeat where its first n-1 words repeat, so each n
     looks only at those positions, and gives each n-gram there an exact id: the rank of (id of its first n-1
     words, its last word), with the text's index leading so n-grams never match across texts."""
-    if len(_WORD_IDS) > 200_000:
-        _WORD_IDS.clear()  # between batches only: ids must agree within one call
-    sizes = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    flat = [t for tokens in token_lists for t in tokens]
-    ids = np.fromiter(map(_WORD_IDS.__getitem__, flat), dtype=np.int64, count=len(flat))
-    lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
+    enc = encode(token_lists)
+    sizes, ids, lengths, total = enc.sizes, enc.ids, enc.lengths, len(enc.ids)
     text = np.repeat(np.arange(len(token_lists)), sizes)
-    left = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(flat))  # tokens from each position to its text's end
+    left = np.repeat(np.cumsum(sizes), sizes) - np.arange(total)  # tokens from each position to its text's end
     chars = np.bincount(text, weights=lengths, minlength=len(token_lists))
     chars[chars == 0] = 1
     cum = np.concatenate(([0], np.cumsum(lengths)))
     top = {n: np.zeros(len(token_lists)) for n in TOP_NGRAM_LIMITS}
     dup = {n: np.zeros(len(token_lists)) for n in DUP_NGRAM_LIMITS}
-    base = len(_WORD_IDS) + 1
-    at = np.arange(len(flat))  # positions whose (n-1)-gram occurs more than once (all, for words)
+    base = enc.distinct + 1
+    at = np.arange(total)  # positions whose (n-1)-gram occurs more than once (all, for words)
     rank = text * base + ids  # id of the (n-1)-gram at each position of `at`
     for n in range(1, max(DUP_NGRAM_LIMITS) + 1):
         keys = rank if n == 1 else rank * base + ids[at + n - 1]
@@ -96,7 +82,7 @@ def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], d
             later = at[first[inverse] != np.arange(len(at))]  # occurrences after the first
             if not len(later):
                 break  # no repeated n-gram, hence no repeated longer one either
-            edges = np.zeros(len(flat) + 1, dtype=np.int64)
+            edges = np.zeros(total + 1, dtype=np.int64)
             np.add.at(edges, later, 1)
             np.add.at(edges, later + n, -1)
             covered = np.cumsum(edges[:-1]) > 0
@@ -125,7 +111,7 @@ def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str]
     shares = iter(ngram_shares(long) if long else [])
     for i, prose, tokens in pending:
         results[i] = _by_words(prose, tokens, next(shares) if len(tokens) >= 50 else None, results[i][1])
-    return results
+    return [(finding, {k: round(v, 4) for k, v in scores.items()}) for finding, scores in results]  # as stored
 
 
 def _by_lines(prose: str, q: Any) -> tuple[Finding | None, dict[str, float]]:

@@ -3,9 +3,9 @@ and machines."""
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
+
+from iceburg_daemon.quality.vocab import encode
 
 _RNG = np.random.default_rng(20261126)  # fixed: signatures are stored, so the hash family never changes
 # Multiply-shift hashing: (a*x + b mod 2**64) >> 32 with odd a is universal and needs no slow modulo.
@@ -18,28 +18,15 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
 
 
-class _WordHashes(dict):  # type: ignore[type-arg]
-    """crc32 per word, memoised: a dict lookup costs a fifth of encoding and hashing again."""
-
-    def __missing__(self, word: str) -> int:
-        if len(self) > 200_000:  # bounded: the daemon is long-lived
-            self.clear()
-        value = self[word] = zlib.crc32(word.encode("utf-8"))
-        return value
-
-
-_WORD_HASHES = _WordHashes()
-
-
 def word_hashes(tokens: list[str]) -> np.ndarray:
-    return np.fromiter(map(_WORD_HASHES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+    """crc32 of each word (what the shingles are built from)."""
+    return encode([tokens]).hashes
 
 
-def shingle_hashes(token_lists: list[list[str]], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of each text's word n-grams (the whole text as one shingle when it is shorter than n), all
-    texts in one array: (hashes, count per text). Repeats are kept: MinHash ignores them."""
-    sizes = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    wh = word_hashes([t for tokens in token_lists for t in tokens])
+def shingle_hashes(wh: np.ndarray, sizes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Word hashes of many texts, one after another (`sizes` words each) -> 32-bit hashes of each text's word
+    n-grams (the whole text as one shingle when it is shorter than n), all texts in one array: (hashes, count
+    per text). Repeats are kept: MinHash ignores them."""
     starts = np.cumsum(sizes) - sizes
     acc = np.zeros(len(wh), dtype=np.uint64)
     for j in range(n):  # acc[i] = sum_j wh[i + j] * mix[j], wrapping mod 2**64, for every start i
