@@ -100,8 +100,8 @@ def main() -> None:
     print(f"filter chain:      {n / t_filter:9,.0f} records/s ({t_filter:.1f} s, all filters, embedder: {provider},"
           f" feature workers: {workers})")
     print(f"ingest + filter:   {n / (t_ingest + t_filter):9,.0f} records/s  (target >= 5,000)")
-    print("cost per filter (wall time inside each call; with a worker, features of all but the first batch are"
-          " computed there and not timed here):")
+    print("cost per filter (wall time inside each call; with a worker, only the features the daemon computes itself"
+          " are timed here: the first batch and its share of the others):")
     for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {FILTERS[name]:<24} {seconds:7.2f} s  {seconds / t_filter:6.1%}  {seconds / n * 1e6:8.1f} us/record")
     if pages:

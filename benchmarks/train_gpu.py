@@ -5,7 +5,7 @@ examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
 packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
 while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
-[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, nockpt, closs, prof,
+[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, cudagraphs, nockpt, closs, prof,
 modelmask (see project()).
 """
 
@@ -31,7 +31,7 @@ from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 PEAK = 989e12
-FLAGS = {"compile", "nockpt", "closs", "prof", "modelmask"}
+FLAGS = {"compile", "cudagraphs", "nockpt", "closs", "prof", "modelmask"}
 DEVICE = torch.device("cuda")
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -102,12 +102,13 @@ class _Timing(Progress):
 
 
 def project(data: list[Example], attn: str, row: int, micro: int, seconds: float, flags: set[str]) -> dict:
-    """flags: compile (each decoder layer compiled), nockpt (the loss keeps its logits instead of recomputing
-    them in backward: more memory, less compute), closs (the chunk loss compiled: fused log-softmax), prof (two
-    more steps under torch.profiler: GPU busy share and the top kernels, to see where the time goes), modelmask
-    (flex_attention's block mask built by transformers from the positions, as before the trainer built it on
-    the host)."""
-    compile_layers = "compile" in flags
+    """flags: compile (each decoder layer compiled), cudagraphs (compiled with mode="reduce-overhead": each
+    layer's kernels replayed as a CUDA graph, the shapes being fixed; implies compile), nockpt (the loss keeps
+    its logits instead of recomputing them in backward: more memory, less compute), closs (the chunk loss
+    compiled: fused log-softmax), prof (two more steps under torch.profiler: GPU busy share and the top
+    kernels, to see where the time goes), modelmask (flex_attention's block mask built by transformers from the
+    positions, as before the trainer built it on the host)."""
+    compile_layers = bool({"compile", "cudagraphs"} & flags)
     if "nockpt" in flags:
         model_module.checkpoint = lambda fn, *args, use_reentrant=False: fn(*args)
     if "closs" in flags:
@@ -115,7 +116,7 @@ def project(data: list[Example], attn: str, row: int, micro: int, seconds: float
     model = add_lora(qwen05(attn), LORA)
     if compile_layers:  # regional compilation: one compiled decoder layer reused 24 times
         for layer in model.get_base_model().model.layers:
-            layer.compile()
+            layer.compile(mode="reduce-overhead" if "cudagraphs" in flags else None)
     s = Settings(micro_batch=micro, grad_accum=1, learning_rate=1e-4, warmup_ratio=0.0, epochs=1, max_steps=3_000,
                  seed=0, order="random", packing=True, max_length=row, max_grad_norm=1.0,
                  checkpoint_every_steps=0, checkpoint_every_seconds=1e12,
