@@ -49,10 +49,14 @@ class BandIndex:
         query = np.unique(np.asarray(keys, dtype=np.uint64))
         found: dict[int, list[int]] = {}
         for sorted_keys, ids in ((self.keys, self.ids), (self.recent_keys, self.recent_ids)):
+            # One binary search per key (each a chain of cache misses in a large index); the end of the run of
+            # equal keys is searched only for the few keys that are present.
             left = np.searchsorted(sorted_keys, query, side="left")
-            right = np.searchsorted(sorted_keys, query, side="right")
-            for i in np.flatnonzero(right > left):
-                found.setdefault(int(query[i]), []).extend(ids[left[i] : right[i]].tolist())
+            hits = np.flatnonzero(sorted_keys[np.minimum(left, len(sorted_keys) - 1)] == query) \
+                if len(sorted_keys) else left[:0]
+            right = np.searchsorted(sorted_keys, query[hits], side="right")
+            for i, end in zip(hits.tolist(), right.tolist()):
+                found.setdefault(int(query[i]), []).extend(ids[left[i] : end].tolist())
         return found
 
 

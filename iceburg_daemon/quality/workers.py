@@ -2,8 +2,8 @@
 judges the current one (the judging itself is sequential: each record must see the ones before it).
 
 The main process computes a share of each batch itself when judging alone would leave it waiting for the
-workers: the share is set from measured costs so both sides finish a batch at about the same time (on 2 cores,
-1 worker: about a quarter of the features without the semantic filter, none with it).
+workers; the share is steered by how long it waited for them in the last batch (on 2 cores, 1 worker: about a
+third of the rows without the semantic filter, where judging is cheap; none with it).
 
 Workers are started with `spawn` (the daemon holds SQLite and ChromaDB handles a fork must not copy), only
 while a backlog lasts, and stopped when it is drained so an idle daemon keeps no extra processes. A worker that
