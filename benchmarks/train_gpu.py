@@ -5,8 +5,8 @@ examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
 packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
 while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
-[--variants attn:row:micro[:flag...],...] [--variant-timeout 240]; flags: compile, cudagraphs, nockpt, closs, prof,
-modelmask (see project()).
+[--variants attn:row:micro[:flag...],...] [--variant-timeout 240] [--smoke]; flags: compile, cudagraphs, nockpt,
+closs, prof, modelmask (see project()). --smoke runs a tiny model on the CPU (sdpa variants): the plumbing only.
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 PEAK = 989e12
 FLAGS = {"compile", "cudagraphs", "nockpt", "closs", "prof", "modelmask"}
 DEVICE = torch.device("cuda")
+SMOKE = False  # --smoke: a tiny model on the CPU, to check this script's plumbing before device time is spent
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 def qwen05(attn: str) -> torch.nn.Module:
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                      tie_word_embeddings=True, rope_theta=1e6, attn_implementation=attn)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if SMOKE else \
+        dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14)
+    cfg = Qwen2Config(vocab_size=151936, num_key_value_heads=2, max_position_embeddings=32768,
+                      tie_word_embeddings=True, rope_theta=1e6, attn_implementation=attn, **shape)
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16)
+    return Qwen2ForCausalLM(cfg).to(device=DEVICE, dtype=torch.float32 if SMOKE else torch.bfloat16)
 
 
 def examples(n: int, seed: int = 0) -> list[Example]:
@@ -74,11 +76,11 @@ def naive_padded(data: list[Example], rows: int, seconds: float) -> dict[str, fl
             ids[r, :n] = torch.tensor(e.input_ids)
             mask[r, :n] = 1
             labels[r, 1:n] = torch.tensor(e.labels[: n - 1])  # HF shifts labels itself
-        loss = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), labels=labels.cuda()).loss
+        loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        _sync()
         steps += 1
         if steps == 3:
             t_start = time.perf_counter()
@@ -178,7 +180,7 @@ def isolation(attn: str) -> dict[str, float]:
 
     @torch.no_grad()
     def hidden(ids: list[int], pos: list[int]) -> torch.Tensor:
-        return model.model(input_ids=torch.tensor([ids]).cuda(), position_ids=torch.tensor([pos]).cuda(),
+        return model.model(input_ids=torch.tensor([ids], device=DEVICE), position_ids=torch.tensor([pos], device=DEVICE),
                            use_cache=False).last_hidden_state[0].float()
 
     positions = [p for d in docs for p in range(len(d))]
@@ -193,8 +195,8 @@ def isolation(attn: str) -> dict[str, float]:
     if attn == "flex_attention":  # the mask the trainer builds on the host
         mask = document_block_mask(torch.tensor([positions]), DEVICE)
         with torch.no_grad():
-            host = model.model(input_ids=torch.tensor([sum(docs, [])]).cuda(), attention_mask=mask,
-                               position_ids=torch.tensor([positions]).cuda(), use_cache=False)
+            host = model.model(input_ids=torch.tensor([sum(docs, [])], device=DEVICE), attention_mask=mask,
+                               position_ids=torch.tensor([positions], device=DEVICE), use_cache=False)
         host_hidden = host.last_hidden_state[0].float()
         result["host_mask_max_abs_diff_vs_alone"] = (host_hidden - alone).abs().max().item()
         result["host_mask_max_abs_diff_vs_model_mask"] = (host_hidden - packed).abs().max().item()
@@ -203,7 +205,14 @@ def isolation(attn: str) -> dict[str, float]:
     return result
 
 
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _peak() -> float:
+    if DEVICE.type != "cuda":
+        return 0.0
     peak = torch.cuda.max_memory_allocated() / 2**30
     torch.cuda.reset_peak_memory_stats()
     return round(peak, 1)
@@ -241,8 +250,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--variants", default="sdpa:4096:4,flex_attention:8192:2,flex_attention:8192:2:compile")
     ap.add_argument("--variant-timeout", type=float, default=240, help="seconds per variant (compiles included)")
+    ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU: checks the plumbing, not speed"
+                    " (sdpa variants only: flex_attention has no backward on the CPU)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = ap.parse_args()
+    if args.smoke:
+        global SMOKE, DEVICE
+        SMOKE, DEVICE = True, torch.device("cpu")
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args.seconds)), flush=True)
         return
@@ -264,7 +278,7 @@ def main() -> None:
     # Each variant in its own process with its own time limit: a compile that hangs loses one variant, not all.
     for spec in ["naive", *args.variants.split(",")]:
         name = _name(spec)
-        cmd = [sys.executable, __file__, "--one", spec, "--seconds", str(args.seconds)]
+        cmd = [sys.executable, __file__, "--one", spec, "--seconds", str(args.seconds)] + ["--smoke"] * args.smoke
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout, check=False)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
