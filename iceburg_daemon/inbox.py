@@ -130,6 +130,7 @@ def process_claimed(
     """Ingest one claimed file to the end (or until asked to stop) and move it on. Safe to call again."""
     row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
     if row["state"] == FileState.DONE.value or row["state"] == FileState.QUARANTINED.value:
+        store.sync()
         _move(path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
         return None
     # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
@@ -140,6 +141,7 @@ def process_claimed(
         target = cfg.quarantine_dir / path.name
         quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=clock())
         write_rejects_file(store, row, cfg.quarantine_dir)
+        store.sync()
         _move(path, target)
     elif result.complete:
         write_rejects_file(store, row, cfg.quarantine_dir)
@@ -150,6 +152,7 @@ def process_claimed(
                               now=clock())
             store.add_event("file_ingested", row["name"], clock(), stored=final["stored"],
                             duplicates=final["duplicates"], quarantined=final["quarantined"])
+        store.sync()
         _move(path, target)
     return result
 

@@ -142,3 +142,24 @@ def test_a_file_stopped_midway_resumes_from_its_checkpoint(cfg):
     store = run_once(cfg)  # a fresh daemon picks the file up from .processing/
     assert _count(store) == 95
     assert store.conn.execute("SELECT stored, duplicates, state FROM files").fetchone()[:] == (95, 0, "done")
+
+
+def test_a_file_leaves_processing_only_once_its_state_is_in_the_database_file(cfg, tmp_path):
+    """What a power cut keeps is the database file as last synced: copied alone (no WAL) right after the file was
+    archived or quarantined, it must already say so, with the records (commits sync only at checkpoints)."""
+    cfg.processing_dir.mkdir(parents=True)
+    store = Store.open(cfg.db_path)
+    good = claim(write_jsonl(cfg.data_dir / "good.jsonl", chat_lines(40)), cfg.processing_dir, 1000.0)
+    process_claimed(cfg, store, good, clock=lambda: 1000.0, should_stop=lambda: False)
+    bad = cfg.data_dir / "notes.txt"
+    bad.write_text("hello")
+    process_claimed(cfg, store, claim(bad, cfg.processing_dir, 1001.0), clock=lambda: 1001.0,
+                    should_stop=lambda: False)
+    assert os.listdir(cfg.processing_dir) == []
+    copy = tmp_path / "as-synced.db"
+    copy.write_bytes(cfg.db_path.read_bytes())  # while the daemon's connection is open: its WAL stays apart
+    synced = Store.open_readonly(copy)
+    assert _count(synced) == 40
+    assert synced.file_state_counts() == {"done": 1, "quarantined": 1}
+    synced.close()
+    store.close()
