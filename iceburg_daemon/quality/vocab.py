@@ -76,7 +76,7 @@ class Vocab(dict):  # type: ignore[type-arg]
         numbers[start:end] = np.fromiter(map(str.isdecimal, new), bool, len(new))
 
 
-VOCAB = Vocab()  # one per process (workers have their own)
+VOCAB = Vocab()  # one per process (workers have their own); not thread-safe: the filter runs in one thread
 
 
 def encode(token_lists: list[list[str]]) -> Encoded:
