@@ -235,3 +235,22 @@ def test_a_long_lived_chain_sees_new_records_and_a_refilter_made_elsewhere(tmp_p
     assert store.conn.execute("SELECT COUNT(*) FROM verdicts WHERE current = 1 AND generation = 2").fetchone()[0] == 6
     other.close()
     store.close()
+
+
+def test_word_tables_stay_right_across_growth_and_clearing(monkeypatch):
+    """Each word's hash, length and number flag, read from the per-id tables, equal the word's own, while the
+    tables grow past their capacity and after the memo is cleared (ids are then reused for other words)."""
+    from iceburg_daemon.quality import vocab as vocab_module
+
+    monkeypatch.setattr(vocab_module, "LIMIT", 1500)
+    monkeypatch.setattr(vocab_module, "VOCAB", vocab_module.Vocab())
+    rng = random.Random(4)
+    for round_no in range(12):  # ~400 new words a round: grows past 1024 rows, cleared past 1,500 words
+        texts = [[rng.choice([f"w{round_no}x{rng.randrange(400)}", str(rng.randrange(99)), "the", "é"])
+                  for _ in range(rng.randint(0, 30))] for _ in range(40)]
+        enc = vocab_module.encode(texts)
+        flat = [t for text in texts for t in text]
+        assert enc.hashes.tolist() == [zlib.crc32(t.encode("utf-8")) for t in flat]
+        assert enc.lengths.tolist() == [len(t) for t in flat] and enc.numbers.tolist() == [t.isdecimal() for t in flat]
+        assert enc.sizes.tolist() == [len(t) for t in texts] and int(enc.ids.max(initial=0)) < enc.distinct
+    assert len(vocab_module.VOCAB) < 1500 + 500  # it was cleared
