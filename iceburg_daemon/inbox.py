@@ -106,8 +106,10 @@ def _archive_target(cfg: Config, path: Path, now: float) -> Path | None:
     return cfg.archive_dir / day / path.name
 
 
-def _move(path: Path, target: Path | None) -> None:
-    """Archive (or delete when target is None); a missing source means a previous run already did it."""
+def _move(store: Store, path: Path, target: Path | None) -> None:
+    """Archive (or delete when target is None); a missing source means a previous run already did it. The store
+    is synced first: the file's final state must survive a power cut before the file leaves .processing/."""
+    store.sync()
     try:
         if target is None:
             path.unlink()
@@ -130,8 +132,7 @@ def process_claimed(
     """Ingest one claimed file to the end (or until asked to stop) and move it on. Safe to call again."""
     row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
     if row["state"] == FileState.DONE.value or row["state"] == FileState.QUARANTINED.value:
-        store.sync()
-        _move(path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
+        _move(store, path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
         return None
     # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
     result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
@@ -141,8 +142,7 @@ def process_claimed(
         target = cfg.quarantine_dir / path.name
         quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=clock())
         write_rejects_file(store, row, cfg.quarantine_dir)
-        store.sync()
-        _move(path, target)
+        _move(store, path, target)
     elif result.complete:
         write_rejects_file(store, row, cfg.quarantine_dir)
         target = _archive_target(cfg, path, clock())
@@ -152,8 +152,7 @@ def process_claimed(
                               now=clock())
             store.add_event("file_ingested", row["name"], clock(), stored=final["stored"],
                             duplicates=final["duplicates"], quarantined=final["quarantined"])
-        store.sync()
-        _move(path, target)
+        _move(store, path, target)
     return result
 
 

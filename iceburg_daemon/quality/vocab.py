@@ -25,11 +25,11 @@ class Encoded:
     def split(self, k: int) -> tuple[Encoded, Encoded]:
         """The first k texts and the rest (their ids stay comparable: they come from one encode call)."""
         cut = int(self.sizes[:k].sum())
-        head, tail = slice(None, cut), slice(cut, None)
-        return (Encoded(self.ids[head], self.sizes[:k], self.hashes[head], self.lengths[head], self.numbers[head],
-                        self.distinct),
-                Encoded(self.ids[tail], self.sizes[k:], self.hashes[tail], self.lengths[tail], self.numbers[tail],
-                        self.distinct))
+        return self._part(slice(None, cut), slice(None, k)), self._part(slice(cut, None), slice(k, None))
+
+    def _part(self, words: slice, texts: slice) -> Encoded:
+        return Encoded(self.ids[words], self.sizes[texts], self.hashes[words], self.lengths[words],
+                       self.numbers[words], self.distinct)
 
 
 class Vocab(dict):  # type: ignore[type-arg]
