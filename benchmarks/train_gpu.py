@@ -5,8 +5,9 @@ examples of 80-900 tokens (the answer, ~half of each, is trained). Prints useful
 variant, the speed-up over naive padding, MFU (4*N*tokens/s over 989 TFLOP/s, H100/H200 bf16 dense), and a
 packed-row isolation check. Each variant runs in its own process under --variant-timeout, so one that hangs
 while compiling loses only itself. Usage: python benchmarks/train_gpu.py [--seconds 25] [--out results.json]
-[--variants attn:row:micro[:flag...],...] [--variant-timeout 240] [--smoke]; flags: compile, cudagraphs, nockpt,
-closs, prof, modelmask (see project()). --smoke runs a tiny model on the CPU (sdpa variants): the plumbing only.
+[--variants attn:row:micro[:flag...],...] [--variant-timeout 240] [--smoke]; flags: compile, cudagraphs, maxat,
+nockpt, closs, tf32, autocast, prof, modelmask (see project()). --smoke runs a tiny model on the CPU (sdpa
+variants): the plumbing only. The best measured: --variants flex_attention:16384:2:compile:nockpt:closs:autocast.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
-from iceburg_daemon.training import model as model_module  # noqa: E402
 from iceburg_daemon.training.model import add_lora, document_block_mask  # noqa: E402
 from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 PEAK = 989e12
-FLAGS = {"compile", "cudagraphs", "nockpt", "closs", "prof", "modelmask"}
+FLAGS = {"compile", "cudagraphs", "maxat", "nockpt", "closs", "tf32", "autocast", "prof", "modelmask"}
 DEVICE = torch.device("cuda")
 SMOKE = False  # --smoke: a tiny model on the CPU, to check this script's plumbing before device time is spent
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0,
@@ -105,24 +105,28 @@ class _Timing(Progress):
 
 def project(data: list[Example], attn: str, row: int, micro: int, seconds: float, flags: set[str]) -> dict:
     """flags: compile (each decoder layer compiled), cudagraphs (compiled with mode="reduce-overhead": each
-    layer's kernels replayed as a CUDA graph, the shapes being fixed; implies compile), nockpt (the loss keeps
-    its logits instead of recomputing them in backward: more memory, less compute), closs (the chunk loss
-    compiled: fused log-softmax), prof (two more steps under torch.profiler: GPU busy share and the top
-    kernels, to see where the time goes), modelmask (flex_attention's block mask built by transformers from the
-    positions, as before the trainer built it on the host)."""
-    compile_layers = bool({"compile", "cudagraphs"} & flags)
-    if "nockpt" in flags:
-        model_module.checkpoint = lambda fn, *args, use_reentrant=False: fn(*args)
-    if "closs" in flags:
-        model_module._chunk_loss = torch.compile(model_module._chunk_loss, dynamic=True)
+    layer's kernels replayed as a CUDA graph, the shapes being fixed; implies compile), maxat (compiled with
+    mode="max-autotune-no-cudagraphs": Triton matmul templates tried against cuBLAS, element-wise work fused
+    into their epilogues; long compiles; implies compile), nockpt (the loss keeps its logits instead of
+    recomputing them in backward: more memory, less compute), closs (the chunk loss compiled: fused
+    log-softmax), tf32 (float32 matmuls, the adapters', on TF32 tensor cores), autocast (forward and loss under
+    bf16 autocast, as the child runs on CUDA: the adapters' matmuls in bf16), prof (two more steps under
+    torch.profiler: GPU busy share and the top kernels, to see where the time goes), modelmask (flex_attention's
+    block mask built by transformers from the positions, as before the trainer built it on the host)."""
+    compile_layers = bool({"compile", "cudagraphs", "maxat"} & flags)
+    if "tf32" in flags:  # PEFT keeps the adapters in float32: their matmuls on TF32 tensor cores, not FFMA
+        torch.set_float32_matmul_precision("high")
     model = add_lora(qwen05(attn), LORA)
     if compile_layers:  # regional compilation: one compiled decoder layer reused 24 times
         for layer in model.get_base_model().model.layers:
-            layer.compile(mode="reduce-overhead" if "cudagraphs" in flags else None)
+            layer.compile(mode="reduce-overhead" if "cudagraphs" in flags else
+                          "max-autotune-no-cudagraphs" if "maxat" in flags else None)
     s = Settings(micro_batch=micro, grad_accum=1, learning_rate=1e-4, warmup_ratio=0.0, epochs=1, max_steps=3_000,
                  seed=0, order="random", packing=True, max_length=row, max_grad_norm=1.0,
                  checkpoint_every_steps=0, checkpoint_every_seconds=1e12,
-                 fixed_width=attn == "flex_attention" or compile_layers)  # as the child sets it
+                 fixed_width=attn == "flex_attention" or compile_layers,  # as the child sets it
+                 recompute_loss="nockpt" not in flags, compile_loss="closs" in flags,
+                 autocast_dtype=torch.bfloat16 if "autocast" in flags else None)
     with tempfile.TemporaryDirectory() as tmp:
         progress = _Timing(Path(tmp))
         started = time.perf_counter()
@@ -168,7 +172,7 @@ def profile_steps(trainer: Trainer, first: int, steps: int = 2) -> dict:
     busy = sum(getattr(e, attr) for e in events) / 1e6
     top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:20]
     return {"wall_s": round(wall, 3), "device_busy_s": round(busy, 3), "busy_share": round(busy / wall, 3),
-            "top_kernels_ms": {e.key[:90]: round(getattr(e, attr) / 1e3, 1) for e in top}}
+            "top_kernels_ms_calls": {e.key[:90]: [round(getattr(e, attr) / 1e3, 1), e.count] for e in top}}
 
 
 def isolation(attn: str) -> dict[str, float]:
@@ -218,8 +222,9 @@ def _peak() -> float:
     return round(peak, 1)
 
 
-def run_one(spec: str, seconds: float) -> dict:
-    """One variant in this process: `naive` or attention:row:micro[:flag...]."""
+def run_one(spec: str, seconds: float, check_isolation: bool) -> dict:
+    """One variant in this process: `naive` or attention:row:micro[:flag...]; the isolation check depends on
+    the attention implementation alone, so it runs for the first variant of each."""
     data = examples(6000)
     n_params = sum(p.numel() for p in qwen05("sdpa").parameters())
     torch.cuda.empty_cache()
@@ -229,7 +234,8 @@ def run_one(spec: str, seconds: float) -> dict:
         attn, row, micro, *flags = spec.split(":")
         r = project(data, attn, int(row), int(micro), seconds, set(flags))
         try:
-            r["isolation"] = isolation(attn)
+            if check_isolation:
+                r["isolation"] = isolation(attn)
         except Exception as exc:  # noqa: BLE001 - report, go on
             r["isolation"] = f"failed: {exc!r}"[:300]
     r["mfu"] = round(4 * n_params * r["tokens_per_s"] / PEAK, 4)
@@ -253,12 +259,13 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU: checks the plumbing, not speed"
                     " (sdpa variants only: flex_attention has no backward on the CPU)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
+    ap.add_argument("--no-isolation", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:
         global SMOKE, DEVICE
         SMOKE, DEVICE = True, torch.device("cpu")
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.seconds)), flush=True)
+        print("RESULT " + json.dumps(run_one(args.one, args.seconds, not args.no_isolation)), flush=True)
         return
     import transformers
 
@@ -276,9 +283,13 @@ def main() -> None:
         if len(spec.split(":")) < 3 or unknown:
             raise SystemExit(f"bad variant {spec!r}: attention:row:micro[:flag...], flags {sorted(FLAGS)}")
     # Each variant in its own process with its own time limit: a compile that hangs loses one variant, not all.
+    checked: set[str] = set()
     for spec in ["naive", *args.variants.split(",")]:
-        name = _name(spec)
+        name, attn = _name(spec), spec.split(":")[0]
         cmd = [sys.executable, __file__, "--one", spec, "--seconds", str(args.seconds)] + ["--smoke"] * args.smoke
+        if attn in checked:
+            cmd.append("--no-isolation")
+        checked.add(attn)
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout, check=False)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)

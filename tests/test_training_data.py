@@ -91,7 +91,7 @@ def test_packed_rows_give_the_same_logits_as_each_example_alone(tiny_base, tok):
 
 
 def _trainer(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False, attn="sdpa", micro_batch=2,
-             grad_accum=1, should_stop=lambda: False):
+             grad_accum=1, should_stop=lambda: False, **settings):
     """The project's trainer over the FACTS conversations (three steps), and the list its step losses go to."""
     from iceburg_daemon.testing import FACTS, fact_record
     from iceburg_daemon.training.model import add_lora, enable_checkpointing
@@ -110,7 +110,7 @@ def _trainer(tiny_base, tok, run_dir, *, fixed_width=False, checkpointing=False,
     progress.on_step = lambda fields: seen.append(fields["loss"])
     s = Settings(micro_batch=micro_batch, grad_accum=grad_accum, learning_rate=1e-2, warmup_ratio=0.0, epochs=1,
                  max_steps=3, seed=0, order="random", packing=True, max_length=256, max_grad_norm=1.0,
-                 checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=fixed_width)
+                 checkpoint_every_steps=0, checkpoint_every_seconds=1e9, fixed_width=fixed_width, **settings)
     return Trainer(model, examples, s, run_dir, torch.device("cpu"), tok.pad_token_id, progress, should_stop), seen
 
 
@@ -135,6 +135,73 @@ def test_gradient_checkpointing_trains_exactly_like_keeping_activations(tiny_bas
     recomputed = _losses(tiny_base, tok, tmp_path / "recomputed", checkpointing=True)
     assert len(recomputed) == 3 and recomputed == pytest.approx(kept, rel=1e-5)
     assert recomputed[2] < recomputed[0]  # it trained
+
+
+def test_keeping_the_loss_logits_trains_exactly_like_recomputing_them(tiny_base, tok, tmp_path, monkeypatch):
+    """CUDA keeps each loss chunk's logits for backward (no second LM-head pass); the gradients must be the
+    ones the recomputing default gives: same losses at steps 2 and 3."""
+    from iceburg_daemon.training import model as model_module
+
+    calls = []
+    checkpoint = model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    recomputed = _losses(tiny_base, tok, tmp_path / "recomputed")
+    assert len(calls) >= 3  # one chunk or more per micro-batch went through checkpoint
+    calls.clear()
+    kept = _losses(tiny_base, tok, tmp_path / "kept", recompute_loss=False)
+    assert not calls
+    assert len(kept) == 3 and kept == pytest.approx(recomputed, rel=1e-5)
+    assert kept[2] < kept[0]
+
+
+def test_autocast_runs_the_adapter_matmuls_in_bf16_and_trains_like_float32(tiny_base, tok, tmp_path):
+    """PEFT keeps the adapters in float32; under autocast (auto on CUDA with a bf16 base) their matmuls run in
+    bf16, which is what puts them on the tensor cores. The losses stay within bf16 rounding of float32."""
+    full = _losses(tiny_base, tok, tmp_path / "float32")
+    trainer, mixed = _trainer(tiny_base, tok, tmp_path / "bf16", autocast_dtype=torch.bfloat16)
+    trainer.save = lambda: None
+    lora_a = next(m for name, m in trainer.model.named_modules() if name.endswith("q_proj.lora_A.default"))
+    assert lora_a.weight.dtype == torch.float32  # the master weights stay float32
+    dtypes = set()
+    lora_a.register_forward_hook(lambda _m, _inp, out: dtypes.add(out.dtype))
+    assert trainer.run() == "succeeded"
+    assert dtypes == {torch.bfloat16}
+    assert len(mixed) == 3 and mixed == pytest.approx(full, rel=0.03) and mixed != pytest.approx(full, rel=1e-6)
+    assert mixed[2] < mixed[0]
+
+
+def test_autocast_auto_is_on_for_cuda_with_a_bf16_base_only():
+    from iceburg_daemon.training.model import autocast_dtype
+
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
+    assert autocast_dtype("auto", cuda, torch.bfloat16) == torch.bfloat16
+    assert autocast_dtype("auto", cuda, torch.float32) is None
+    assert autocast_dtype("auto", cpu, torch.float32) is None and autocast_dtype("auto", mps, torch.bfloat16) is None
+    assert autocast_dtype("on", cpu, torch.float32) == torch.bfloat16
+    assert autocast_dtype("off", cuda, torch.bfloat16) is None
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+def test_the_compiled_chunk_loss_equals_the_eager_one():
+    """With compiled layers the chunk loss is compiled too (dynamic shapes: chunks differ in length); value and
+    gradients must match the eager loss, for two chunk lengths."""
+    from iceburg_daemon.training.model import chunk_loss_fn
+
+    eager, compiled = chunk_loss_fn(compiled=False), chunk_loss_fn(compiled=True)
+    assert compiled is not eager
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 500, bias=False)
+    for n in (37, 64):
+        hidden, targets = torch.randn(n, 32, requires_grad=True), torch.randint(0, 500, (n,))
+        results = []
+        for fn in (eager, compiled):
+            head.zero_grad()
+            hidden.grad = None
+            loss = fn(head, hidden, targets)
+            loss.backward()
+            results.append((loss.detach(), hidden.grad.clone(), head.weight.grad.clone()))
+        for want, got in zip(*results):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (got - want).abs().max()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor

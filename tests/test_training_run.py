@@ -110,6 +110,7 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     assert len(curves) == 120 and curves[-1]["loss"] < 0.6 * curves[0]["loss"]
     manifest = run["manifest"]
     assert manifest["device"] == "cpu" and manifest["seed"] == 1
+    assert manifest["autocast"] is None and manifest["gradient_checkpointing"] is True  # CPU's "auto"
     weights = hashlib.sha256(b"model.safetensors" + (tiny_base / "model.safetensors").read_bytes()).hexdigest()
     assert manifest["base_model"] == {"ref": str(tiny_base), "path": str(tiny_base), "weights_sha256": weights}
     assert manifest["params"]["learning_rate"] == 0.02  # what was configured is what ran

@@ -84,10 +84,11 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     checkpointing = models.use_checkpointing(params.get("gradient_checkpointing", "auto"), device)
     if checkpointing:
         models.enable_checkpointing(base)
-    progress.update(gradient_checkpointing=checkpointing)
+    mixed = models.autocast_dtype(params.get("autocast", "auto"), device, dtype)
+    mixed_name = str(mixed).removeprefix("torch.") if mixed else None
+    progress.update(gradient_checkpointing=checkpointing, autocast=mixed_name)
     if params.get("compile_layers"):
-        for layer in peft_model.get_base_model().get_decoder().layers:
-            layer.compile()  # regional: one compiled graph reused by every layer
+        models.compile_layers(peft_model)
     settings = Settings(
         micro_batch=params["micro_batch"], grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
         warmup_ratio=params["warmup_ratio"], epochs=params["epochs"], max_steps=params["max_steps"],
@@ -95,11 +96,13 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
         max_grad_norm=params["max_grad_norm"], checkpoint_every_steps=training["checkpoint_every_steps"],
         checkpoint_every_seconds=training["checkpoint_every_minutes"] * 60,
         fixed_width=attn == "flex_attention" or bool(params.get("compile_layers")),
+        recompute_loss=checkpointing, compile_loss=bool(params.get("compile_layers")), autocast_dtype=mixed,
         inject_oom_at_step=spec.get("test_hooks", {}).get("oom_at_step", -1))
     pad_id = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # pads carry no label
     trainer = Trainer(peft_model, train.examples, settings, run_dir, device, pad_id, progress, lambda: stop.requested)
     start = trainer.resume()
     trainer.state["gradient_checkpointing"] = checkpointing  # after resume(), which replaces the state
+    trainer.state["autocast"] = mixed_name
     if start:
         progress.event("resumed", step=start)
     progress.update(phase="training", step=start, total=len(trainer.plan), resumed_from=start)

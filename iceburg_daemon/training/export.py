@@ -57,6 +57,7 @@ def write_outputs(run_dir: Path, spec: dict[str, Any], peft_model: Any, tok: Any
         "params": spec["params"], "training": spec["training"], "seed": spec["params"]["seed"],
         "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "gradient_checkpointing": trainer.state.get("gradient_checkpointing", False),
+        "autocast": trainer.state.get("autocast"),
         "steps": len(trainer.plan), "oom_retries": trainer.state["oom_retries"],
         "final": {**metrics, "train_loss": curves.get("loss")},
         "libraries": {name: _version(name) for name in LIBRARIES},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -48,6 +48,14 @@ def use_checkpointing(requested: str, device: torch.device) -> bool:
     """auto: on where activations live in the machine's own memory (CPU, MPS), off on CUDA (speed; an
     out-of-memory step is retried with half the micro-batch)."""
     return requested == "on" or (requested == "auto" and device.type != "cuda")
+
+
+def autocast_dtype(requested: str, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the forward runs under autocast, or None. auto: bf16 on CUDA with a bf16 base (the float32
+    adapters' matmuls then use the tensor cores; measured on CUDA only)."""
+    if requested == "on" or (requested == "auto" and device.type == "cuda" and dtype == torch.bfloat16):
+        return torch.bfloat16
+    return None
 
 
 def enable_checkpointing(base: Any) -> None:
@@ -143,9 +151,12 @@ def document_block_mask(positions: torch.Tensor, device: torch.device, block: in
 
 
 def token_loss_sum(peft_model: Any, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
-                   chunk: int = 4096, attention_mask: Any = None) -> torch.Tensor:
+                   chunk: int = 4096, attention_mask: Any = None, recompute: bool = True,
+                   chunk_loss: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Sum of cross-entropy over trained tokens only: the LM head runs on labelled positions, in chunks, so the
     full (tokens x vocabulary) logits never exist. Packed rows are isolated by their restarting position_ids.
+    `recompute`: each chunk's logits are recomputed in backward instead of kept (less memory, one more LM-head
+    pass); `chunk_loss` replaces the per-chunk loss (e.g. chunk_loss_fn(compiled=True)).
 
     `labels` may stay on the CPU: the trained positions are then found there, so nothing waits on the GPU
     (a boolean mask on a CUDA tensor synchronises the host every micro-batch)."""
@@ -157,15 +168,28 @@ def token_loss_sum(peft_model: Any, input_ids: torch.Tensor, labels: torch.Tenso
     targets = flat.index_select(0, where).to(hidden.device, non_blocking=True)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where.to(hidden.device, non_blocking=True))
     head = causal_lm.get_output_embeddings()
+    loss = chunk_loss or _chunk_loss
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, where.numel(), chunk):
         h, t = picked[start : start + chunk], targets[start : start + chunk]
-        if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of keeping them
-            total = total + checkpoint(_chunk_loss, head, h, t, use_reentrant=False)
+        if recompute and torch.is_grad_enabled():
+            total = total + checkpoint(loss, head, h, t, use_reentrant=False)
         else:
-            total = total + _chunk_loss(head, h, t)
+            total = total + loss(head, h, t)
     return total
 
 
 def _chunk_loss(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunk_loss_fn(compiled: bool) -> Callable[..., torch.Tensor]:
+    """The per-chunk loss; compiled: the float upcast, log-softmax and pick fused into a few passes over the
+    (chunk x vocabulary) logits instead of one per operation."""
+    return torch.compile(_chunk_loss, dynamic=True) if compiled else _chunk_loss
+
+
+def compile_layers(peft_model: Any) -> None:
+    """torch.compile each decoder layer (regional: one compiled graph reused by every layer)."""
+    for layer in peft_model.get_base_model().get_decoder().layers:
+        layer.compile()

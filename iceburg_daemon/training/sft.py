@@ -5,6 +5,7 @@ schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch.distributed as dist
 
 from iceburg_daemon.training import checkpoint
 from iceburg_daemon.training.data import Example, epoch_order, pack, row_tensors_data, steps_of
-from iceburg_daemon.training.model import document_block_mask, token_loss_sum
+from iceburg_daemon.training.model import chunk_loss_fn, document_block_mask, token_loss_sum
 from iceburg_daemon.training.progress import Progress
 
 
@@ -36,6 +37,9 @@ class Settings:
     checkpoint_every_steps: int
     checkpoint_every_seconds: float
     fixed_width: bool = False  # pad every row to max_length: one shape, so compiled kernels compile once
+    recompute_loss: bool = True  # recompute each loss chunk's logits in backward (memory) or keep them (speed)
+    compile_loss: bool = False  # the per-chunk loss compiled (with compiled layers, on CUDA)
+    autocast_dtype: Any = None  # a torch dtype: forward and loss under torch.autocast (mixed precision)
     inject_oom_at_step: int = -1  # tests only: raise one out-of-memory error at this step
 
 
@@ -87,6 +91,7 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.flex = getattr(model.get_base_model().config, "_attn_implementation", None) == "flex_attention"
+        self.chunk_loss = chunk_loss_fn(compiled=s.compile_loss)
 
     def resume(self) -> int:
         ckpt = checkpoint.latest(self.run_dir)
@@ -180,7 +185,9 @@ class Trainer:
             if g + 1 == self.s.inject_oom_at_step and not self.state["oom_retries"]:
                 raise torch.OutOfMemoryError("injected out-of-memory (test hook)")
             ids, labels, pos, mask = self._batch(micro)
-            loss = token_loss_sum(self.model, ids, labels, pos, attention_mask=mask) / trained
+            with self._autocast():
+                loss = token_loss_sum(self.model, ids, labels, pos, attention_mask=mask,
+                                      recompute=self.s.recompute_loss, chunk_loss=self.chunk_loss) / trained
             loss.backward()
             loss_total += loss.detach()
             tokens += sum(len(self.examples[i].input_ids) for row in micro for i in row)
@@ -195,6 +202,11 @@ class Trainer:
             dist.all_reduce(reduced)
             return reduced[0].item(), int(reduced[1].item())
         return loss_total.item(), tokens
+
+    def _autocast(self) -> Any:
+        if self.s.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
 
     def _batch(self, micro: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
         """(input_ids, labels, position_ids, attention mask): ids and positions on the device (copied from
