@@ -26,11 +26,12 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
-from iceburg_daemon.training.model import add_lora, document_block_mask  # noqa: E402
+from iceburg_daemon.training.model import add_lora, compile_layers, document_block_mask  # noqa: E402
 from iceburg_daemon.training.progress import Progress  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 PEAK = 989e12
+LONGEST = 900  # tokens in the longest example: a packed row must hold it (the child would truncate or drop it)
 FLAGS = {"compile", "cudagraphs", "maxat", "nockpt", "closs", "tf32", "autocast", "prof", "modelmask"}
 DEVICE = torch.device("cuda")
 SMOKE = False  # --smoke: a tiny model on the CPU, to check this script's plumbing before device time is spent
@@ -51,7 +52,7 @@ def examples(n: int, seed: int = 0) -> list[Example]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        length = rng.randint(80, 900)
+        length = rng.randint(80, LONGEST)
         ids = [rng.randrange(1000, 150000) for _ in range(length)]
         answer_from = rng.randint(length // 3, (2 * length) // 3)
         labels = [ids[t + 1] if t + 1 >= answer_from else IGNORE for t in range(length - 1)] + [IGNORE]
@@ -113,24 +114,23 @@ def project(data: list[Example], attn: str, row: int, micro: int, seconds: float
     bf16 autocast, as the child runs on CUDA: the adapters' matmuls in bf16), prof (two more steps under
     torch.profiler: GPU busy share and the top kernels, to see where the time goes), modelmask (flex_attention's
     block mask built by transformers from the positions, as before the trainer built it on the host)."""
-    compile_layers = bool({"compile", "cudagraphs", "maxat"} & flags)
+    compiled = bool({"compile", "cudagraphs", "maxat"} & flags)
     if "tf32" in flags:  # PEFT keeps the adapters in float32: their matmuls on TF32 tensor cores, not FFMA
         torch.set_float32_matmul_precision("high")
     model = add_lora(qwen05(attn), LORA)
-    if compile_layers:  # regional compilation: one compiled decoder layer reused 24 times
-        for layer in model.get_base_model().model.layers:
-            layer.compile(mode="reduce-overhead" if "cudagraphs" in flags else
-                          "max-autotune-no-cudagraphs" if "maxat" in flags else None)
+    if compiled:  # as the child does with compile_layers = true
+        compile_layers(model, mode="reduce-overhead" if "cudagraphs" in flags else
+                       "max-autotune-no-cudagraphs" if "maxat" in flags else None)
     s = Settings(micro_batch=micro, grad_accum=1, learning_rate=1e-4, warmup_ratio=0.0, epochs=1, max_steps=3_000,
                  seed=0, order="random", packing=True, max_length=row, max_grad_norm=1.0,
                  checkpoint_every_steps=0, checkpoint_every_seconds=1e12,
-                 fixed_width=attn == "flex_attention" or compile_layers,  # as the child sets it
+                 fixed_width=attn == "flex_attention" or compiled,  # as the child sets it
                  recompute_loss="nockpt" not in flags, compile_loss="closs" in flags,
                  autocast_dtype=torch.bfloat16 if "autocast" in flags else None)
     with tempfile.TemporaryDirectory() as tmp:
         progress = _Timing(Path(tmp))
         started = time.perf_counter()
-        warm = 3 if not compile_layers else 6
+        warm = 3 if not compiled else 6
         trainer = Trainer(model, data, s, Path(tmp), DEVICE, 0, progress,
                           lambda: len(progress.steps) > warm and sum(t for _, t in progress.steps[warm:]) >= seconds)
         trainer.save = lambda: None  # throughput only: no checkpoints
@@ -282,6 +282,8 @@ def main() -> None:
         unknown = set(spec.split(":")[3:]) - FLAGS
         if len(spec.split(":")) < 3 or unknown:
             raise SystemExit(f"bad variant {spec!r}: attention:row:micro[:flag...], flags {sorted(FLAGS)}")
+        if int(spec.split(":")[1]) < LONGEST:
+            raise SystemExit(f"bad variant {spec!r}: rows must hold the longest example ({LONGEST} tokens)")
     # Each variant in its own process with its own time limit: a compile that hangs loses one variant, not all.
     checked: set[str] = set()
     for spec in ["naive", *args.variants.split(",")]:

@@ -189,7 +189,8 @@ def chunk_loss_fn(compiled: bool) -> Callable[..., torch.Tensor]:
     return torch.compile(_chunk_loss, dynamic=True) if compiled else _chunk_loss
 
 
-def compile_layers(peft_model: Any) -> None:
-    """torch.compile each decoder layer (regional: one compiled graph reused by every layer)."""
+def compile_layers(peft_model: Any, mode: str | None = None) -> None:
+    """torch.compile each decoder layer (regional: one compiled graph reused by every layer); `mode` is
+    torch.compile's (the GPU benchmark tries others than the default)."""
     for layer in peft_model.get_base_model().get_decoder().layers:
-        layer.compile()
+        layer.compile(mode=mode)
