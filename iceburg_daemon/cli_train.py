@@ -177,6 +177,9 @@ def _run_text(v: dict[str, Any]) -> str:
     if p:
         lines.append(f"  progress: {p.get('phase')} step {_step_text(p)}"
                      + (f", loss {p['loss']:.4f}, {p['tokens_per_s']:.0f} tokens/s" if "loss" in p else ""))
+    if p.get("device"):  # what the child resolved the "auto" settings to
+        lines.append(f"  device {p['device']} ({p.get('dtype')}), autocast {p.get('autocast') or 'off'}, gradient"
+                     f" checkpointing {'on' if p.get('gradient_checkpointing') else 'off'}")
     if m:
         lines.append(f"  eval loss {m.get('eval_loss')} (base {m.get('eval_loss_base')})")
     if v["detail"]:

@@ -149,6 +149,7 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     assert f"{run_id}  succeeded   step 120/120" in text.stdout
     shown = iceburgd("runs", "show", run_id, config=cfg_path).stdout
     assert shown.startswith(f"{run_id}  succeeded") and "eval loss" in shown and "attempts 1" in shown
+    assert "device cpu (float32), autocast off, gradient checkpointing on" in shown
 
 
 def test_the_eval_split_is_permanent(tmp_path, tiny_base):
