@@ -37,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
     _data_parser(sub)
-    from iceburg_daemon.cli_train import add_parsers
+    from iceburg_daemon import cli_train, cli_trigger
 
-    add_parsers(sub)
+    cli_train.add_parsers(sub)
+    cli_trigger.add_parsers(sub)
     index = sub.add_parser("index", help="the filter's vector index (derived data)")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     rebuild = index_sub.add_parser("rebuild", help="re-embed every accepted record into a fresh index")
@@ -108,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iceburg_daemon.cli_data import run_data
 
             return run_data(cfg, args)
+        if args.command == "trigger":
+            from iceburg_daemon.cli_trigger import run_trigger
+
+            return run_trigger(cfg, args)
         if args.command in ("train", "runs", "base"):
             from iceburg_daemon import cli_train
 

@@ -16,8 +16,12 @@ from iceburg_daemon import ROLES
 from iceburg_daemon.config import Config
 from iceburg_daemon.config_training import DEFAULT_BASE
 from iceburg_daemon.errors import TrainingError
-from iceburg_daemon.runner import Runner, child_env, queue_run, request_cancel
+from iceburg_daemon.runner import Runner, child_env, request_cancel
 from iceburg_daemon.store import Store
+from iceburg_daemon.trigger.clock import now_instant
+from iceburg_daemon.trigger.decide import cooldown_left, span
+from iceburg_daemon.trigger.state import load
+from iceburg_daemon.trigger.step import enqueue
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -26,6 +30,8 @@ def add_parsers(sub: Any) -> None:
     train = sub.add_parser("train", help="queue a training run for a role (or --foreground: run it here)")
     train.add_argument("--role", choices=ROLES)
     train.add_argument("--foreground", action="store_true", help="run now in this terminal, with progress")
+    train.add_argument("--now", action="store_true", help="skip the cooldown and deferral (never the one run per"
+                       " role rule)")
     train.add_argument("--json", action="store_true")
     train_sub = train.add_subparsers(dest="train_command")
     cancel = train_sub.add_parser("cancel", help="cancel a queued or running run")
@@ -64,14 +70,22 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     store = Store.open(cfg.db_path)
     try:
-        run_id, created = queue_run(cfg, store, args.role, reason="manual", now=time.time())
+        run_id, created = enqueue(cfg, store, args.role, kind="manual", now=time.time(),
+                                  urgent=args.now or args.foreground)
         row = store.run(run_id)
         if not args.foreground:
             what = "queued" if created else f"already active ({row['status']})"
+            if row["urgent"]:
+                what += ", starts without waiting for cooldown or deferral"
             if not _daemon_running(cfg):
                 print("note: the daemon is not running; the run starts when it does (or use --foreground)",
                       file=sys.stderr)
-            _emit(args.json, {"id": run_id, "created": created, "status": row["status"],
+            left = 0.0 if row["urgent"] else cooldown_left(now_instant(time.time()), load(store, args.role),
+                                                           cfg.role(args.role).trigger)
+            if left > 0:
+                print(f"note: {args.role} ran recently; the run waits for the cooldown ({span(left)} left,"
+                      f" [{args.role}.trigger] min_interval_minutes) unless queued with --now", file=sys.stderr)
+            _emit(args.json, {"id": run_id, "created": created, "status": row["status"], "urgent": bool(row["urgent"]),
                               "train": row["train_count"], "eval": row["eval_count"]},
                   f"{run_id}: {what}; {row['train_count']} train / {row['eval_count']} eval records")
             return EXIT_OK

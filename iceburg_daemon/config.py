@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from iceburg_daemon import ROLES
 from iceburg_daemon.config_training import TrainingConfig, TrainParams, validate_training
+from iceburg_daemon.config_trigger import DeferConfig, TriggerParams, validate_triggers
 from iceburg_daemon.errors import ConfigError
 
 ENV_PREFIX = "ICEBURGD_"
@@ -121,6 +122,7 @@ class RoleConfig:
     min_quality_score: float = 0.5  # a known quality_score below this rejects; null is unknown, never 0
     require_json: bool = False  # the answer must be ICEBURG's principle JSON (meant for oracle)
     train: TrainParams = field(default_factory=TrainParams)  # [<role>.train]
+    trigger: TriggerParams = field(default_factory=TriggerParams)  # [<role>.trigger]
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Config:
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    defer: DeferConfig = field(default_factory=DeferConfig)
     surveyor: RoleConfig = field(default_factory=RoleConfig)
     dissident: RoleConfig = field(default_factory=RoleConfig)
     synthesist: RoleConfig = field(default_factory=RoleConfig)
@@ -362,6 +365,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     if cfg.logs.backups < 0 or cfg.logs.max_bytes < 1024:
         problems.append("logs: backups must be >= 0 and max_bytes >= 1024")
     validate_training(cfg.training, {r: cfg.role(r).train for r in ROLES}, problems)
+    validate_triggers(cfg.defer, {r: cfg.role(r).trigger for r in ROLES}, problems)
     names = [s.name for s in cfg.sources.chroma]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"sources.chroma: name {dup!r} is used more than once")

@@ -23,6 +23,7 @@ class TrainingConfig:
     eval_percent: float = 10.0  # share of records (by content hash) held out for evaluation, for good
     max_attempts: int = 3  # starts per run that end in a crash; a checkpointed interruption does not count
     stop_grace_seconds: float = 60.0  # on daemon shutdown the child gets this long to checkpoint
+    max_concurrent_runs: int = 1  # training children at once (of different roles; each role has one run at most)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ def validate_training(training: TrainingConfig, roles: dict[str, TrainParams], p
         problems.append("training.num_processes > 1 needs launcher = \"accelerate\" or \"torchrun\"")
     if not 0 < training.eval_percent < 100:
         problems.append(f"training.eval_percent: must be between 0 and 100, got {training.eval_percent}")
+    if training.max_concurrent_runs < 1:
+        problems.append(f"training.max_concurrent_runs: must be >= 1, got {training.max_concurrent_runs}")
     if training.timeout_minutes <= 0 or training.checkpoint_every_minutes <= 0 or training.max_attempts < 1:
         problems.append("training: timeout_minutes and checkpoint_every_minutes must be > 0, max_attempts >= 1")
     for role, p in roles.items():

@@ -1,13 +1,15 @@
 """The Daemon: wires config, store, inbox, sources, metrics and logs into one loop; signals; ordered shutdown.
 
 tick() reads top to bottom in data-flow order: scan inbox -> claim -> ingest -> sync sources -> filter ->
-train (supervise the child, start the next queued run) -> heartbeat. Later stages (trigger, evaluate, promote,
-publish) slot in around training.
+trigger (queue runs by threshold or schedule) -> train (supervise children, pause them when a pausing condition
+starts, start the oldest run that no deferral holds) -> heartbeat. Later stages (evaluate, promote, publish)
+slot in after training.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import threading
@@ -27,6 +29,9 @@ from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.quality.embed import EmbeddingError
 from iceburg_daemon.runner import Runner
 from iceburg_daemon.store import SourceHealth, Store
+from iceburg_daemon.trigger.defer import REASONS as DEFER_REASONS
+from iceburg_daemon.trigger.state import backfill_trained
+from iceburg_daemon.trigger.step import TriggerStage
 
 log = get_logger("iceburgd.daemon")
 FILTER_BATCHES_PER_TICK = 4  # a long backlog is judged over several passes, so the heartbeat stays fresh
@@ -75,9 +80,11 @@ class Daemon:
         self.lock = DataDirLock(cfg.lock_path)
         self.store: Store | None = None
         self.chain: FilterChain | None = None
-        self.runner: Runner | None = None
+        self.runners: list[Runner] = []  # one per concurrent training child ([training] max_concurrent_runs)
+        self.triggers: TriggerStage | None = None
         self._skipped_reported: set[tuple[str, str]] = set()
         self._settles_in: float | None = None  # wake early when a waiting inbox file settles
+        self._filter_backlog = False  # the last filter pass stopped at its limit: more records are waiting
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -87,8 +94,13 @@ class Daemon:
         self.store = Store.open(self.cfg.db_path)
         self.chain = FilterChain(self.cfg, self.store, clock=self.clock)
         self._prepare_semantic_index()
-        self.runner = Runner(self.cfg, self.store, clock=self.clock, on_finish=self._run_finished)
-        self.runner.recover()
+        self.runners = [Runner(self.cfg, self.store, clock=self.clock, on_finish=self._run_finished)
+                        for _ in range(self.cfg.training.max_concurrent_runs)]
+        self.runners[0].recover()
+        backfill_trained(self.store)  # runs that succeeded before triggers existed: their records are not new
+        self.triggers = TriggerStage(self.cfg, self.store, clock=self.clock,
+                                     on_fire=lambda role, kind: self.metrics.trigger_fires.labels(
+                                         role=role, kind=kind).inc())
         with self.store.transaction():
             for source in self.cfg.sources.chroma:
                 if source.enabled:
@@ -116,9 +128,11 @@ class Daemon:
     def close(self) -> None:
         if self.chain is not None:
             self.chain.close()  # feature workers, if a backlog was being judged
-        if self.runner is not None:
-            self.runner.shutdown()  # the child checkpoints; its run resumes at the next start
-            self.runner = None
+        for runner in self.runners:
+            runner.stop("shutdown")  # every child checkpoints at once; their runs resume at the next start
+        for runner in self.runners:
+            runner.shutdown()
+        self.runners = []
         if self.store is not None:
             now = self.clock()
             with self.store.transaction():
@@ -149,7 +163,7 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 if once:
-                    if self.runner is not None and self.runner.busy:
+                    if self.training_busy:
                         time.sleep(0.2)  # --once also sees a queued training run through
                         continue
                     if not self.wake.is_set():
@@ -187,6 +201,8 @@ class Daemon:
             self.sync_sources()
         if not self.stopping.is_set() and self.cfg.quality.enabled:
             self.filter_records()
+        if not self.stopping.is_set():
+            self.trigger()
         if not self.stopping.is_set():
             self.train()
         self.heartbeat()
@@ -272,25 +288,67 @@ class Daemon:
             log.exception("stage_failed", stage="filter")
             return
         self.metrics.count_verdicts(judged)
-        if sum(judged.values()) >= limit:
+        self._filter_backlog = sum(judged.values()) >= limit
+        if self._filter_backlog:
             self.wake.set()  # more is waiting: beat the heartbeat, then go straight on
         if judged:
             accepted = sum(n for (_, verdict, _), n in judged.items() if verdict == "accept")
             log.info("records_filtered", accepted=accepted, rejected=sum(judged.values()) - accepted)
 
-    def train(self) -> None:
-        """Supervise the running child; when none runs, start the next queued or interrupted run."""
-        assert self.runner is not None
+    def trigger(self) -> None:
+        """Decide per role whether new records or a schedule queue a run (each decision that acts is an event)."""
+        assert self.triggers is not None
         try:
-            if self.runner.busy:
-                self.runner.poll()
-            if not self.runner.busy:
-                row = self.runner.next_run()
-                if row is not None:
-                    self.runner.start(row)
+            decisions = self.triggers.run(filtering=self._filter_backlog)
+        except Exception:  # noqa: BLE001 - a trigger bug must not stop ingest and filtering
+            log.exception("stage_failed", stage="trigger")
+            return
+        for d in decisions:
+            self.metrics.role_new_records.labels(role=d.state.role).set(d.state.new_records)
+            self.metrics.role_needs_attention.labels(role=d.state.role).set(int(d.state.needs_attention))
+            if d.state.last_success is not None:
+                self.metrics.last_success.labels(role=d.state.role).set(d.state.last_success)
+
+    @property
+    def training_busy(self) -> bool:
+        return any(r.busy for r in self.runners)
+
+    def train(self) -> None:
+        """Supervise the running children (pausing one when a pausing condition starts); while a slot is free,
+        start the oldest queued or interrupted run that no deferral holds."""
+        assert self.triggers is not None
+        try:
+            for runner in self.runners:
+                if runner.busy and runner.active is not None:
+                    cause = self.triggers.pause_cause(runner.active.run_id)
+                    if cause is not None:
+                        runner.stop(f"paused:{cause.code}")  # checkpoints; resumes when the cause clears
+                    runner.poll()
+            free = [r for r in self.runners if not r.busy]
+            if free:
+                waiting = free[0].waiting_runs()
+                while free and waiting:
+                    row = self.triggers.gate(waiting)
+                    if row is None:
+                        break
+                    waiting = [w for w in waiting if w["id"] != row["id"]]
+                    if free[0].start(row):
+                        free.pop(0)
+            self._queue_metrics()
         except Exception:  # noqa: BLE001 - a runner bug must not stop ingest and filtering
             log.exception("stage_failed", stage="train")
-        self.metrics.training_active.set(1 if self.runner.busy else 0)
+        self.metrics.training_active.set(sum(1 for r in self.runners if r.busy))
+
+    def _queue_metrics(self) -> None:
+        assert self.store is not None
+        waiting = self.store.runs_in(["queued", "interrupted"])
+        self.metrics.runs_queued.set(len(waiting))
+        deferred: dict[str, int] = {}
+        for row in waiting:
+            for code in json.loads(row["deferred"]) if row["deferred"] else []:
+                deferred[code] = deferred.get(code, 0) + 1
+        for code in (*DEFER_REASONS, "cooldown"):
+            self.metrics.runs_deferred.labels(reason=code).set(deferred.get(code, 0))
 
     def _run_finished(self, *, run_id: str, role: str, status: str) -> None:
         self.metrics.runs_finished.labels(role=role, status=status).inc()

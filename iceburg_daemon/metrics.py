@@ -36,7 +36,18 @@ class Metrics:
                                registry=r)
         self.runs_finished = Counter("iceburg_training_runs", "Training run attempts ended, by role and status.",
                                      ["role", "status"], registry=r)
-        self.training_active = Gauge("iceburg_training_active", "1 while a training child runs.", registry=r)
+        self.training_active = Gauge("iceburg_training_active", "Training children running now.", registry=r)
+        self.trigger_fires = Counter("iceburg_trigger_fires", "Runs queued by a trigger, by role and kind"
+                                     " (threshold, schedule).", ["role", "kind"], registry=r)
+        self.runs_queued = Gauge("iceburg_runs_queued", "Runs waiting to start (queued or interrupted).", registry=r)
+        self.runs_deferred = Gauge("iceburg_runs_deferred", "Waiting runs held back, by reason code.", ["reason"],
+                                   registry=r)
+        self.role_new_records = Gauge("iceburg_role_new_records", "Accepted training records no succeeded run has"
+                                      " trained on (eval split excluded).", ["role"], registry=r)
+        self.role_needs_attention = Gauge("iceburg_role_needs_attention", "1 when a role's automatic runs stopped"
+                                          " after repeated failures.", ["role"], registry=r)
+        self.last_success = Gauge("iceburg_last_successful_run_timestamp_seconds", "Unix time the role's last"
+                                  " run succeeded.", ["role"], registry=r)
         self.tick_seconds = Histogram("iceburg_daemon_tick_duration_seconds", "Duration of one loop pass.",
                                       registry=r, buckets=(0.005, 0.02, 0.1, 0.5, 2, 10, 60, 300))
 

@@ -23,6 +23,8 @@ from iceburg_daemon.errors import TrainingError
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.snapshot import freeze
 from iceburg_daemon.store import RunStatus, Store
+from iceburg_daemon.trigger.clock import now_instant
+from iceburg_daemon.trigger.state import on_run_ended, on_run_started
 
 log = get_logger("iceburgd.runner")
 CHILD_EXIT = {0: RunStatus.SUCCEEDED, 75: RunStatus.INTERRUPTED}
@@ -52,8 +54,10 @@ def resolve_base(cfg: Config, ref: str) -> str:
     return ref
 
 
-def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float) -> tuple[str, bool]:
-    """(run id, created). A role has at most one active run: asking again returns the one already there."""
+def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float, trigger: str = "manual",
+              urgent: bool = False, on_queued: Callable[[str], None] | None = None) -> tuple[str, bool]:
+    """(run id, created). A role has at most one active run: asking again returns the one already there.
+    `on_queued(run_id)` runs inside the transaction that queues it."""
     active = store.active_run(role)
     if active is not None:
         return active["id"], False
@@ -74,9 +78,12 @@ def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float) 
     with store.transaction():
         store.add_run({"id": run_id, "role": role, "status": RunStatus.QUEUED.value, "run_dir": str(run_dir),
                        "snapshot_id": snap.snapshot_id, "train_count": snap.train_count,
-                       "eval_count": snap.eval_count, "reason": reason, "created_at": now})
+                       "eval_count": snap.eval_count, "reason": reason, "created_at": now, "trigger": trigger,
+                       "urgent": int(urgent)})
         store.hold_out(snap.eval_ids, run_id)
         store.add_event("run_queued", run_id, now, role=role, reason=reason, train=snap.train_count)
+        if on_queued is not None:
+            on_queued(run_id)
         os.rename(staging, run_dir)  # inside the transaction: a crash leaves neither or both
     return run_id, True
 
@@ -107,7 +114,7 @@ class _Active:
     run_dir: Path
     proc: subprocess.Popen[bytes]
     deadline: float
-    stop_reason: str | None = None  # cancel | timeout | shutdown: why we signalled it
+    stop_reason: str | None = None  # cancel | timeout | shutdown | paused:<cause>: why we signalled it
     kill_at: float | None = None
     last_progress: dict[str, Any] = field(default_factory=dict)
 
@@ -140,17 +147,22 @@ class Runner:
                 self.store.add_event("run_interrupted", row["id"], self.clock(), why="supervisor died")
             log.info("run_recovered", run=row["id"])
 
-    def next_run(self) -> Any:
+    def waiting_runs(self) -> list[Any]:
+        """Queued and interrupted runs that may still start, oldest first (cancelled and worn-out ones end here)."""
+        out = []
         for row in self.store.runs_in([RunStatus.QUEUED.value, RunStatus.INTERRUPTED.value]):
             if row["cancel_requested"]:
                 self._end(row["id"], RunStatus.CANCELLED, "cancelled before it ran", None)
-                continue
-            if row["attempts"] >= self.cfg.training.max_attempts:
+            elif row["attempts"] >= self.cfg.training.max_attempts:
                 self._end(row["id"], RunStatus.FAILED, "too_many_attempts",
                           f"{row['attempts']} starts (training.max_attempts)")
-                continue
-            return row
-        return None
+            else:
+                out.append(row)
+        return out
+
+    def next_run(self) -> Any:
+        runs = self.waiting_runs()
+        return runs[0] if runs else None
 
     def start(self, row: Any) -> bool:
         """Claim the run and start its child; False when another supervisor claimed it first."""
@@ -159,6 +171,7 @@ class Runner:
         with self.store.transaction():
             if not self.store.claim_run(row["id"], supervisor_pid=os.getpid(), now=now):
                 return False
+            on_run_started(self.store, row["role"], now_instant(now))
         (run_dir / "error.json").unlink(missing_ok=True)
         logf = open(run_dir / "child.log", "ab")  # noqa: SIM115 - handed to the child, closed right after
         try:
@@ -225,8 +238,9 @@ class Runner:
         elif a.stop_reason == "timeout":
             status, reason = RunStatus.TIMED_OUT, f"over {self.cfg.training.timeout_minutes} minutes"
         elif rc in CHILD_EXIT:
-            status, reason = CHILD_EXIT[rc], "shutdown" if a.stop_reason == "shutdown" else None
-        elif rc < 0 and a.stop_reason in (None, "shutdown"):
+            status = CHILD_EXIT[rc]
+            reason = a.stop_reason if status == RunStatus.INTERRUPTED else None  # shutdown | paused:<cause>
+        elif rc < 0 and (a.stop_reason in (None, "shutdown") or a.stop_reason.startswith("paused:")):
             # Killed (OOM killer, kill -9, or past the shutdown grace): resume from the last checkpoint,
             # attempts permitting.
             status, reason = RunStatus.INTERRUPTED, f"killed by {signal.Signals(-rc).name}"
@@ -253,6 +267,8 @@ class Runner:
             self.store.update_run(run_id, status=status.value, reason=reason, detail=detail, child_pid=None,
                                   finished_at=None if status == RunStatus.INTERRUPTED else now, **extra)
             self.store.add_event(f"run_{status.value}", run_id, now, reason=reason)
+            if status != RunStatus.INTERRUPTED:
+                on_run_ended(self.store, row, status.value, now_instant(now), self.cfg.role(row["role"]).trigger)
         log.info("run_finished", run=run_id, status=status.value, reason=reason)
         if self.on_finish:
             self.on_finish(run_id=run_id, role=row["role"], status=status.value)

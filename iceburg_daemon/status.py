@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from iceburg_daemon import ROLES
 from iceburg_daemon.config import Config
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.inbox import pending, scan
 from iceburg_daemon.runner import pid_alive
 from iceburg_daemon.store import Store
+from iceburg_daemon.trigger.clock import now_instant
+from iceburg_daemon.trigger.explain import role_view, sentence
 
 EXIT_HEALTHY, EXIT_NOT_RUNNING, EXIT_NOT_INITIALISED = 0, 1, 2
 
@@ -50,6 +53,7 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
                          "failures": s["failures"], "items": s["items"], "last_sync": s["last_sync"],
                          "next_attempt": s["next_attempt"]} for s in store.sources()],
+            "roles": [role_view(cfg, store, role, now_instant(now)) for role in ROLES if cfg.role(role).enabled],
             "runs": [_run_line(r) for r in store.runs(limit=5)],
             "events": [{"ts": e["ts"], "kind": e["kind"], "subject": e["subject"]} for e in store.recent_events(8)],
         }
@@ -68,7 +72,8 @@ def _verdicts(store: Store) -> dict[str, Any]:
 def _run_line(row: Any) -> dict[str, Any]:
     progress = json.loads(row["progress"]) if row["progress"] else {}
     metrics = json.loads(row["metrics"]) if row["metrics"] else {}
-    return {"id": row["id"], "role": row["role"], "status": row["status"], "phase": progress.get("phase"),
+    return {"id": row["id"], "role": row["role"], "status": row["status"], "trigger": row["trigger"],
+            "phase": progress.get("phase"),
             "step": progress.get("step"), "total": progress.get("total"), "eta_s": progress.get("eta_s"),
             "loss": progress.get("loss"), "eval_loss": metrics.get("eval_loss"), "reason": row["reason"]}
 
@@ -115,20 +120,23 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
         last = "-" if s["last_sync"] is None else f"{now - s['last_sync']:.0f}s ago"
         style = "green" if s["health"] == "healthy" else "red" if s["health"] == "unhealthy" else ""
         sources.add_row(s["name"], Text(s["health"], style=style), str(s["items"]), last, (s["reason"] or "")[:80])
+    roles = Text("\n".join(sentence(v) for v in snapshot["roles"]) or "no roles enabled",
+                 style="red" if any(v["needs_attention"] for v in snapshot["roles"]) else "")
     runs = Table(title="training runs", title_justify="left")
-    for col in ("run", "status", "progress", "loss", "eval loss", "reason"):
+    for col in ("run", "trigger", "status", "progress", "loss", "eval loss", "reason"):
         runs.add_column(col)
     for r in snapshot["runs"]:
         step = f"{r['step']}/{r['total']}" if r["step"] is not None else (r["phase"] or "-")
         eta = f" eta {r['eta_s']:.0f}s" if r["status"] == "running" and r["eta_s"] is not None else ""
-        runs.add_row(r["id"], r["status"], step + eta, _num(r["loss"]), _num(r["eval_loss"]), r["reason"] or "")
+        runs.add_row(r["id"], r["trigger"] or "", r["status"], step + eta, _num(r["loss"]), _num(r["eval_loss"]), r["reason"] or "")
     events = Table(title="recent events", title_justify="left")
     events.add_column("age")
     events.add_column("event")
     events.add_column("subject")
     for e in snapshot["events"]:
         events.add_row(f"{now - e['ts']:.0f}s", e["kind"], e["subject"][:60])
-    return Group(head, inbox_line, records, quarantine, sources, runs, events)
+    return Group(head, inbox_line, records, quarantine, sources, Text("when roles train", style="italic"), roles,
+                 runs, events)
 
 
 def _num(value: float | None) -> str:

@@ -85,7 +85,8 @@ def write_config(folder: Path, text: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     base = ("[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.2\n\n"
             "[daemon]\nheartbeat_seconds = 0.2\nstale_after_seconds = 5.0\n\n"
-            "[metrics]\nenabled = false\n")
+            "[metrics]\nenabled = false\n\n"
+            "[defer]\nmin_free_disk_gb = 0.0\n")  # a test must not wait on the machine's free space
     path = folder / "config.toml"
     path.write_text(_merge(base, text), encoding="utf-8")
     return path
@@ -140,6 +141,19 @@ def heartbeat_state(db_path: Path) -> str | None:
         store.close()
 
 
+def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll until predicate() is truthy and return its value; AssertionError naming `what` after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_until_running(db_path: Path, timeout: float = 30.0) -> None:
     """Block until a spawned daemon has written a 'running' heartbeat (never touches its lock)."""
     import time
@@ -185,6 +199,9 @@ device = "cpu"
 eval_percent = 25.0
 checkpoint_every_steps = 5
 stop_grace_seconds = 20.0
+
+[surveyor.trigger]
+min_interval_minutes = 0.0
 
 [surveyor.train]
 base_model = "{base}"

@@ -14,7 +14,7 @@ def test_repo_config_is_valid_and_matches_defaults():
     defaults = load_config(None, env={})
     # Every key in the shipped file shows the default value, so the two differ only in where paths resolve.
     a, b = to_dict(cfg), to_dict(defaults)
-    for section in ("inbox", "sources", "daemon", "logs", "metrics", "surveyor", "general"):
+    for section in ("inbox", "sources", "daemon", "logs", "metrics", "training", "defer", "surveyor", "general"):
         assert a[section] == b[section], section
     assert cfg.data_dir == REPO / "data"
     assert cfg.paths.models_dir == REPO / "models"
@@ -81,3 +81,25 @@ def test_cli_config_check_and_show(tmp_path):
     assert res.returncode == 2 and "cannot parse" in res.stderr
     missing = iceburgd("config", "check", config=tmp_path / "nope.toml")
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_trigger_and_defer_problems_are_reported_at_once(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[surveyor.trigger]\nschedule = ['0 3 * * 0', '61 * * * *']\ntimezone = 'Mars/Olympus'\n"
+                 "min_new_records = 0\nretry_base_minutes = 60.0\nretry_max_minutes = 10.0\n"
+                 "[oracle.trigger]\nschedule = ['not cron']\n"
+                 "[defer]\nquiet_hours = ['9-17', '22:00-06:00']\npause_running_on = ['battery', 'sunspots']\n"
+                 "battery_min_percent = 120.0\n[training]\nmax_concurrent_runs = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, env={})
+    text = "\n".join(err.value.problems)
+    for expected in ("unknown time zone 'Mars/Olympus'", "surveyor.trigger: min_new_records",
+                     "surveyor.trigger: retry_max_minutes must be >= retry_base_minutes",
+                     "oracle.trigger: schedule 'not cron'", "defer.quiet_hours: '9-17' is not HH:MM-HH:MM",
+                     "defer.pause_running_on[1]: 'sunspots' is not one of", "defer.battery_min_percent",
+                     "training.max_concurrent_runs"):
+        assert expected in text
+    assert len(err.value.problems) == 8
+    ok = tmp_path / "ok.toml"
+    ok.write_text("[oracle.trigger]\nschedule = ['0 3 * * 0', '*/30 1-5 * * *']\ntimezone = 'Europe/Berlin'\n")
+    assert load_config(ok, env={}).oracle.trigger.schedule == ("0 3 * * 0", "*/30 1-5 * * *")

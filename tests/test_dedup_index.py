@@ -196,8 +196,10 @@ def test_v3_stores_lose_the_band_table_and_keep_finding_duplicates(tmp_path):
     record = chat_record(1, answer_bytes=900, seed=6)
     _judge(cfg, store, chain, [record], "1.jsonl")
     store.close()
-    conn = sqlite3.connect(cfg.db_path)  # back to v3, as an older iceburgd left it
-    conn.executescript("CREATE TABLE lsh_bands (idx INTEGER NOT NULL, key INTEGER NOT NULL, record_id INTEGER"
+    conn = sqlite3.connect(cfg.db_path)  # back to v3, as an older iceburgd left it (later migrations undone)
+    conn.executescript("DROP TABLE role_triggers; DROP TABLE trained_records; ALTER TABLE runs DROP COLUMN trigger;"
+                       " ALTER TABLE runs DROP COLUMN urgent; ALTER TABLE runs DROP COLUMN deferred;"
+                       "CREATE TABLE lsh_bands (idx INTEGER NOT NULL, key INTEGER NOT NULL, record_id INTEGER"
                        " NOT NULL); CREATE INDEX lsh_bands_key ON lsh_bands(idx, key); PRAGMA user_version = 3;")
     conn.close()
     store = Store.open(cfg.db_path)

@@ -16,7 +16,7 @@ from iceburg_daemon.testing import chat_lines, iceburgd, spawn_daemon, write_con
 KILLS = int(os.environ.get("IBD_TEST_KILLS", "12"))
 
 
-def _dataset(n_files=4, per_file=10000):
+def _dataset(n_files=4, per_file=25000):
     """Lines per file: good records (some repeated across files) and bad lines at known places."""
     files = {}
     for f in range(n_files):

@@ -71,7 +71,7 @@ def test_reject_mode_rejects_redacted_records(tmp_path):
 def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
     path = write_config(tmp_path / "home", "[quality]\nbatch_size = 100\n")
     cfg = load_config(path, env={})
-    n = 6000
+    n = 15000  # several seconds of filtering on 2 cores, so the kills land mid-backlog
     ingest = iceburgd("ingest", str(write_jsonl(tmp_path / "x.jsonl", chat_lines(n, answer_bytes=600))), config=path,
                       env={"ICEBURGD_QUALITY_ENABLED": "false"})
     assert ingest.returncode == 0, ingest.stderr

@@ -163,4 +163,39 @@ MIGRATIONS: list[str] = [
     DROP INDEX lsh_bands_key;
     DROP TABLE lsh_bands;
     """,
+    # v5: triggers. Per-role trigger state (schedules, cooldown, back-off survive restarts), the records each role
+    # has trained on (what "new records" excludes), and how a run was queued.
+    """
+    CREATE TABLE role_triggers (
+        role TEXT PRIMARY KEY,
+        new_records INTEGER NOT NULL DEFAULT 0,  -- as last counted by the daemon (shown by status)
+        threshold_mark INTEGER,                  -- new_records when the active run was fired or coalesced into
+        schedule_key TEXT,                       -- the cron expressions + zone next_fire belongs to
+        next_fire REAL,                          -- next cron slot (Unix seconds)
+        schedule_slot REAL,                      -- last cron slot handled: fired, skipped or missed
+        last_fire_threshold REAL,
+        last_fire_schedule REAL,
+        last_fire_manual REAL,
+        last_run_wall REAL,                      -- last run start or end: cooldown counts from here...
+        last_run_mono REAL,                      -- ...on the monotonic clock of boot last_run_boot when it is this one
+        last_run_boot TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,     -- consecutive failed runs
+        last_failure_wall REAL,
+        last_failure_mono REAL,
+        last_failure_boot TEXT,
+        needs_attention INTEGER NOT NULL DEFAULT 0,
+        last_success REAL,
+        decision TEXT,                           -- the daemon's last decision, JSON (reason, detail, next_check)
+        updated_at REAL
+    );
+    CREATE TABLE trained_records (
+        record_id INTEGER PRIMARY KEY REFERENCES records(id),
+        role TEXT NOT NULL,
+        first_run TEXT NOT NULL                  -- the first succeeded run that trained on it
+    );
+    CREATE INDEX trained_records_run ON trained_records(first_run);
+    ALTER TABLE runs ADD COLUMN trigger TEXT;   -- manual | threshold | schedule
+    ALTER TABLE runs ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;  -- `train --now`: no cooldown, no deferral
+    ALTER TABLE runs ADD COLUMN deferred TEXT;  -- JSON reason codes a queued run waits for, NULL when it may start
+    """,
 ]

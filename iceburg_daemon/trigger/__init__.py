@@ -1,0 +1,1 @@
+"""Triggers: decide when a role is retrained (pure decisions, probes, store state and the daemon step)."""
