@@ -20,7 +20,7 @@ from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import chat_record, write_config, write_jsonl
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "iceburg"
+DEFAULT_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "iceburg"
 TOPICS = ["soil microbiomes", "tidal energy", "urban heat islands", "protein folding", "supply chains",
           "coral bleaching", "battery recycling", "river deltas", "sleep regulation", "glacier retreat",
           "antibiotic resistance", "monetary policy", "quantum sensing", "wildfire smoke", "crop rotation"]

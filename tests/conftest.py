@@ -10,7 +10,7 @@ import pytest
 from iceburg_daemon.config import Config, load_config
 from iceburg_daemon.testing import write_config
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "iceburg"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "iceburg"  # copied from ../shared (the repo stands alone)
 
 
 @pytest.fixture(scope="session")
