@@ -36,3 +36,19 @@ class SourceError(IceburgDaemonError):
 
 class TrainingError(IceburgDaemonError):
     """A training run cannot be prepared or started (no data, no base model, unknown run)."""
+
+
+class EvaluationError(IceburgDaemonError):
+    """A candidate cannot be evaluated (invalid suite, failed evaluation child, missing model files)."""
+
+
+class RegistryError(IceburgDaemonError):
+    """A model version cannot be registered, promoted or rolled back (unknown version, refused move)."""
+
+
+class PublishError(IceburgDaemonError):
+    """Ollama refused or could not be reached; `retry` says whether trying again later may help."""
+
+    def __init__(self, message: str, *, retry: bool):
+        self.retry = retry
+        super().__init__(message)
