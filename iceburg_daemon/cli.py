@@ -169,7 +169,7 @@ def _ingest(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
     store = Store.open(cfg.db_path)
     try:
         reports = ingest_paths(cfg, store, _expand(paths), progress=sys.stderr.isatty() and not as_json)
-        judged = _filter_now(cfg, store) if cfg.quality.enabled else Counter()
+        judged = _filter_now(cfg, store) if cfg.quality.mode != "paused" else Counter()
     finally:
         store.close()
         lock.release()

@@ -92,7 +92,7 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
         status = _foreground(cfg, store, run_id, progress=sys.stderr.isatty() and not args.json)
         row = store.run(run_id)
         _emit(args.json, _run_view(row), f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else ""))
-        return EXIT_OK if status == "succeeded" else EXIT_FAILURE
+        return EXIT_OK if status == "trained" else EXIT_FAILURE
     finally:
         store.close()
 
@@ -161,7 +161,7 @@ def run_runs(cfg: Config, args: argparse.Namespace) -> int:
                 p = r["progress"] or {}
                 step = _step_text(p) if p else "-"
                 eval_loss = (r["metrics"] or {}).get("eval_loss")
-                print(f"{r['id']}  {r['status']:<11} step {step:<13} attempts {r['attempts']}"
+                print(f"{r['id']}  {r['status']:<15} step {step:<13} attempts {r['attempts']}"
                       f"  eval_loss {'-' if eval_loss is None else f'{eval_loss:.4f}'}  {r['reason'] or ''}")
             return EXIT_OK
         row = store.run(args.id)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from iceburg_daemon import ROLES
+from iceburg_daemon.config_release import EvalConfig, GateConfig, PublishConfig, RegistryConfig, validate_release
 from iceburg_daemon.config_training import TrainingConfig, TrainParams, validate_training
 from iceburg_daemon.config_trigger import DeferConfig, TriggerParams, validate_triggers
 from iceburg_daemon.errors import ConfigError
@@ -54,7 +55,9 @@ class SourcesConfig:
 
 @dataclass(frozen=True)
 class QualityConfig:
-    enabled: bool = True  # run the filter chain on new sft/preference records
+    # on: judge new sft/preference records with the filter chain; off: accept every one unjudged (reason
+    # filter_off; status warns while it is on); paused: judge nothing (records wait, untrainable, until "on")
+    mode: Literal["on", "off", "paused"] = "on"
     batch_size: int = 500  # records judged per transaction
     workers: int = -1  # processes computing the next batch's features meanwhile; -1: one per spare CPU, max 2
     # 1 structure
@@ -138,6 +141,10 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     defer: DeferConfig = field(default_factory=DeferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     surveyor: RoleConfig = field(default_factory=RoleConfig)
     dissident: RoleConfig = field(default_factory=RoleConfig)
     synthesist: RoleConfig = field(default_factory=RoleConfig)
@@ -189,6 +196,10 @@ class Config:
         return self.data_dir / "snapshots"
 
     @property
+    def evals_dir(self) -> Path:
+        return self.data_dir / "evals"
+
+    @property
     def runs_dir(self) -> Path:
         return self.models_dir / "runs"
 
@@ -221,6 +232,10 @@ def load_config(path: Path | None, env: typing.Mapping[str, str] | None = None) 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
             raise ConfigError([f"{path}: cannot parse: {exc}"]) from None
     _apply_env(raw, env, problems)
+    if isinstance(raw.get("quality"), dict) and "enabled" in raw["quality"]:
+        raw["quality"].pop("enabled")
+        problems.append('quality.enabled: replaced by quality.mode = "on" | "off" (accept everything, reason'
+                        ' filter_off) | "paused" (judge nothing; records wait)')
     sections: dict[str, Any] = {}
     for name in raw:
         if name not in SECTIONS:
@@ -366,6 +381,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("logs: backups must be >= 0 and max_bytes >= 1024")
     validate_training(cfg.training, {r: cfg.role(r).train for r in ROLES}, problems)
     validate_triggers(cfg.defer, {r: cfg.role(r).trigger for r in ROLES}, problems)
+    validate_release(cfg.eval, cfg.gate, cfg.registry, cfg.publish, problems)
     names = [s.name for s in cfg.sources.chroma]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"sources.chroma: name {dup!r} is used more than once")

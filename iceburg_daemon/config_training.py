@@ -40,7 +40,10 @@ class TrainParams:
     learning_rate: float = 2e-4  # peak; linear warm-up then cosine decay to 0
     warmup_ratio: float = 0.03
     epochs: int = 2
-    max_steps: int = 0  # > 0 overrides epochs
+    max_steps: int = 0  # > 0 overrides epochs (and min_steps)
+    # Floor on optimizer steps: a small role's rows per step shrink (down to 1), then its data repeats, until the
+    # run makes this many steps. The defaults gave a role with a few dozen records about two steps.
+    min_steps: int = 30
     micro_batch: int = 4  # rows per forward pass
     grad_accum: int = 4  # micro-batches per optimizer step
     max_grad_norm: float = 1.0
@@ -80,6 +83,8 @@ def validate_training(training: TrainingConfig, roles: dict[str, TrainParams], p
                 problems.append(f"{where}.{name}: must be > 0, got {getattr(p, name)}")
         if not 0 <= p.warmup_ratio < 1 or not 0 <= p.lora_dropout < 1:
             problems.append(f"{where}: warmup_ratio and lora_dropout must be in [0, 1)")
+        if p.min_steps < 0 or p.max_steps < 0:
+            problems.append(f"{where}: min_steps and max_steps must be >= 0")
         if not p.target_modules or not p.base_model:
             problems.append(f"{where}: base_model and target_modules must not be empty")
 

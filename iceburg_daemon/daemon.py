@@ -199,7 +199,7 @@ class Daemon:
         self.ingest_inbox()
         if not self.stopping.is_set():
             self.sync_sources()
-        if not self.stopping.is_set() and self.cfg.quality.enabled:
+        if not self.stopping.is_set() and self.cfg.quality.mode != "paused":
             self.filter_records()
         if not self.stopping.is_set():
             self.trigger()

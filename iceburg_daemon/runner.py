@@ -27,7 +27,7 @@ from iceburg_daemon.trigger.clock import now_instant
 from iceburg_daemon.trigger.state import on_run_ended, on_run_started
 
 log = get_logger("iceburgd.runner")
-CHILD_EXIT = {0: RunStatus.SUCCEEDED, 75: RunStatus.INTERRUPTED}
+CHILD_EXIT = {0: RunStatus.TRAINED, 75: RunStatus.INTERRUPTED}
 CHILD_REASON = {3: "base_unavailable", 4: "no_trainable_examples"}
 
 
@@ -195,7 +195,7 @@ class Runner:
         a = self.active
         if a is None:
             return None
-        progress = _read_json(a.run_dir / "progress.json")
+        progress = read_json(a.run_dir / "progress.json")
         if progress and progress != a.last_progress:
             a.last_progress = progress
             with self.store.transaction():
@@ -232,7 +232,7 @@ class Runner:
 
     def _finish(self, a: _Active, rc: int) -> RunStatus:
         self.active = None
-        error = _read_json(a.run_dir / "error.json") or {}
+        error = read_json(a.run_dir / "error.json") or {}
         if a.stop_reason == "cancel":
             status, reason = RunStatus.CANCELLED, "cancelled"
         elif a.stop_reason == "timeout":
@@ -259,7 +259,7 @@ class Runner:
              refund_attempt: bool = False) -> None:
         now = self.clock()
         row = self.store.run(run_id)
-        manifest = _read_json(Path(row["run_dir"]) / "manifest.json") if status == RunStatus.SUCCEEDED else None
+        manifest = read_json(Path(row["run_dir"]) / "manifest.json") if status == RunStatus.TRAINED else None
         extra: dict[str, Any] = {"metrics": manifest["final"]} if manifest else {}
         if refund_attempt:
             extra["attempts"] = max(0, row["attempts"] - 1)
@@ -309,7 +309,7 @@ def _stop_orphan(pid: int, grace: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):

@@ -43,6 +43,7 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "heartbeat_age_s": None if age is None else round(age, 3),
             "version": beat["version"] if beat else None,
             "data_dir": str(cfg.data_dir),
+            "warnings": _warnings(cfg),
             "inbox": {"ready": len(found.ready), "settling": found.waiting,
                       "processing": len(pending(cfg.processing_dir)),
                       "skipped": [{"name": p.name, "reason": r} for p, r in found.skipped]},
@@ -59,6 +60,17 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
         }
     finally:
         store.close()
+
+
+def _warnings(cfg: Config) -> list[str]:
+    out = []
+    if cfg.quality.mode == "off":
+        out.append('the truth filter is off ([quality] mode = "off"): every record is accepted unjudged'
+                   " (reason filter_off) and may be trained on")
+    elif cfg.quality.mode == "paused":
+        out.append('the truth filter is paused ([quality] mode = "paused"): new records wait unjudged and are'
+                   " not trained on")
+    return out
 
 
 def _verdicts(store: Store) -> dict[str, Any]:
@@ -97,6 +109,7 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
     head = Text.assemble(("iceburgd ", "bold"), (snapshot["state"], f"bold {colour}"),
                          f"  pid {snapshot['pid']}  heartbeat {'-' if age is None else f'{age:.1f}s ago'}"
                          f"  data {snapshot['data_dir']}")
+    warnings = Text("\n".join(f"warning: {w}" for w in snapshot["warnings"]), style="bold yellow")
     inbox = snapshot["inbox"]
     inbox_line = Text(f"inbox: {inbox['ready']} ready, {inbox['settling']} settling, {inbox['processing']} in"
                       f" progress, {len(inbox['skipped'])} skipped; files: "
@@ -135,7 +148,7 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
     events.add_column("subject")
     for e in snapshot["events"]:
         events.add_row(f"{now - e['ts']:.0f}s", e["kind"], e["subject"][:60])
-    return Group(head, inbox_line, records, quarantine, sources, Text("when roles train", style="italic"), roles,
+    return Group(head, *([warnings] if snapshot["warnings"] else []), inbox_line, records, quarantine, sources, Text("when roles train", style="italic"), roles,
                  runs, events)
 
 

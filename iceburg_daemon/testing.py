@@ -215,6 +215,7 @@ micro_batch = 4
 grad_accum = 1
 epochs = {epochs}
 max_steps = {max_steps}
+min_steps = 0
 seed = 1
 """
 

@@ -14,7 +14,8 @@ def test_repo_config_is_valid_and_matches_defaults():
     defaults = load_config(None, env={})
     # Every key in the shipped file shows the default value, so the two differ only in where paths resolve.
     a, b = to_dict(cfg), to_dict(defaults)
-    for section in ("inbox", "sources", "daemon", "logs", "metrics", "training", "defer", "surveyor", "general"):
+    for section in ("inbox", "sources", "quality", "daemon", "logs", "metrics", "training", "defer", "eval", "gate",
+                    "registry", "publish", "surveyor", "general"):
         assert a[section] == b[section], section
     assert cfg.data_dir == REPO / "data"
     assert cfg.paths.models_dir == REPO / "models"
@@ -103,3 +104,17 @@ def test_trigger_and_defer_problems_are_reported_at_once(tmp_path):
     ok = tmp_path / "ok.toml"
     ok.write_text("[oracle.trigger]\nschedule = ['0 3 * * 0', '*/30 1-5 * * *']\ntimezone = 'Europe/Berlin'\n")
     assert load_config(ok, env={}).oracle.trigger.schedule == ("0 3 * * 0", "*/30 1-5 * * *")
+
+
+def test_release_problems_are_reported_at_once(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[gate]\nalpha = 1.5\nmax_template_echo_rise = 2.0\nprimary = 'vibes'\n[registry]\nkeep_candidates = -1\n"
+                 "[publish]\nollama_host = 'localhost:11434'\nquantize = 'q2'\n[eval]\nbatch_size = 0\n"
+                 "[surveyor.train]\nmin_steps = -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, env={})
+    text = "\n".join(err.value.problems)
+    for expected in ("gate.alpha", "gate.max_template_echo_rise", "gate.primary", "registry.keep_candidates",
+                     "publish.ollama_host: must start with http://", "publish.quantize", "eval: max_new_tokens",
+                     "surveyor.train: min_steps and max_steps must be >= 0"):
+        assert expected in text, expected

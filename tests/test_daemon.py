@@ -139,7 +139,7 @@ def test_drop_is_ingested_live_and_metrics_and_logs_show_it(daemon_home):
 def test_sigterm_mid_file_checkpoints_and_the_next_start_finishes(tmp_path):
     # The filter is off: this is about the ingest checkpoint, and 60,000 verdicts would only add time.
     path = write_config(tmp_path / "home", "[inbox]\nsettle_seconds = 0.0\nbatch_size = 100\n"
-                                           "[quality]\nenabled = false\n")
+                                           "[quality]\nmode = \"paused\"\n")
     cfg = load_config(path, env={})
     cfg.inbox_dir.mkdir(parents=True)
     write_jsonl(cfg.inbox_dir / "big.jsonl", chat_lines(60_000, answer_bytes=300))

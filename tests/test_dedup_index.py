@@ -190,17 +190,36 @@ def test_refilter_in_the_same_process_starts_the_bands_afresh(tmp_path):
     store.close()
 
 
+def _downgrade_to_v3(db_path):
+    """Undo every migration after v3: drop the tables and runs columns that v3 did not have."""
+    from iceburg_daemon.store.schema import MIGRATIONS
+
+    v3 = sqlite3.connect(":memory:")
+    v3.executescript("".join(MIGRATIONS[:3]))
+    tables = {r[0] for r in v3.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    run_columns = {r[1] for r in v3.execute("PRAGMA table_info(runs)")}
+    conn = sqlite3.connect(db_path)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        if name not in tables:
+            conn.execute(f"DROP TABLE {name}")
+    for column in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]:
+        if column not in run_columns:
+            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
 def test_v3_stores_lose_the_band_table_and_keep_finding_duplicates(tmp_path):
     cfg, store = _chain(tmp_path)
     chain = FilterChain(cfg, store, clock=time.time)
     record = chat_record(1, answer_bytes=900, seed=6)
     _judge(cfg, store, chain, [record], "1.jsonl")
     store.close()
-    conn = sqlite3.connect(cfg.db_path)  # back to v3, as an older iceburgd left it (later migrations undone)
-    conn.executescript("DROP TABLE role_triggers; DROP TABLE trained_records; ALTER TABLE runs DROP COLUMN trigger;"
-                       " ALTER TABLE runs DROP COLUMN urgent; ALTER TABLE runs DROP COLUMN deferred;"
-                       "CREATE TABLE lsh_bands (idx INTEGER NOT NULL, key INTEGER NOT NULL, record_id INTEGER"
-                       " NOT NULL); CREATE INDEX lsh_bands_key ON lsh_bands(idx, key); PRAGMA user_version = 3;")
+    _downgrade_to_v3(cfg.db_path)  # as an older iceburgd left it
+    conn = sqlite3.connect(cfg.db_path)
+    conn.executescript("CREATE TABLE lsh_bands (idx INTEGER NOT NULL, key INTEGER NOT NULL, record_id INTEGER"
+                       " NOT NULL); CREATE INDEX lsh_bands_key ON lsh_bands(idx, key);")
     conn.close()
     store = Store.open(cfg.db_path)
     assert store.schema_version() == len(MIGRATIONS)

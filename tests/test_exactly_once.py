@@ -49,7 +49,7 @@ def _wait_for_more(cfg, stored: int, total: int, timeout: float = 30.0) -> None:
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path):
     path = write_config(tmp_path / "home", "[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.1\nbatch_size = 200\n"
-                                           "[quality]\nenabled = false\n")  # ingest only: filter kills are tested apart
+                                           "[quality]\nmode = \"paused\"\n")  # ingest only: filter kills are tested apart
     cfg = load_config(path, env={})
     cfg.inbox_dir.mkdir(parents=True)
     files = _dataset()

@@ -73,7 +73,7 @@ def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
     cfg = load_config(path, env={})
     n = 15000  # several seconds of filtering on 2 cores, so the kills land mid-backlog
     ingest = iceburgd("ingest", str(write_jsonl(tmp_path / "x.jsonl", chat_lines(n, answer_bytes=600))), config=path,
-                      env={"ICEBURGD_QUALITY_ENABLED": "false"})
+                      env={"ICEBURGD_QUALITY_MODE": "paused"})
     assert ingest.returncode == 0, ingest.stderr
     rng = random.Random(5)
     progress, helpers = [], []
@@ -168,7 +168,7 @@ def test_a_long_backlog_is_judged_over_several_passes(tmp_path):
     path = write_config(tmp_path / "home", "[quality]\nbatch_size = 10\n")
     cfg = load_config(path, env={})
     ingest = iceburgd("ingest", str(write_jsonl(tmp_path / "x.jsonl", chat_lines(100, answer_bytes=400))),
-                      config=path, env={"ICEBURGD_QUALITY_ENABLED": "false"})
+                      config=path, env={"ICEBURGD_QUALITY_MODE": "paused"})
     assert ingest.returncode == 0
     daemon = Daemon(cfg)
     daemon.open()

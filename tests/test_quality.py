@@ -226,3 +226,24 @@ def test_ordinary_numbers_and_words_are_not_secrets():
 
     text = "In 2024, 1,000 people (ages 18-65) saw v3.11.7; 24.6 deaths per TWh; the task-force met at 10:30."
     assert redact(text) == (text, Counter())
+
+
+def test_filter_off_accepts_everything_with_a_reason_and_status_warns(tmp_path):
+    """[quality] mode = "off" (the flywheel benchmark's unfiltered arm): template junk is accepted, labelled
+    filter_off, and so trainable; status says the filter is off. The old `enabled` key names its replacement."""
+    from iceburg_daemon.config import load_config
+    from iceburg_daemon.errors import ConfigError
+    from iceburg_daemon.status import collect
+    from iceburg_daemon.testing import write_config
+
+    cfg = load_config(write_config(tmp_path / "home", '[quality]\nmode = "off"\n'), env={})
+    corpus = _template_corpus(40, random.Random(1)) + [chat("Q?", "As an AI " * 30)]
+    verdicts = judge(cfg, tmp_path, corpus)
+    assert len(verdicts) == 41
+    assert {(v["verdict"], v["filter"], v["reason"]) for v in verdicts} == {("accept", "off", "filter_off")}
+    store = Store.open(cfg.db_path)
+    assert len(store.accepted_training_records("synthesist")) == 40
+    store.close()
+    assert any("filter is off" in w for w in collect(cfg, now=time.time())["warnings"])
+    with pytest.raises(ConfigError, match="quality.enabled: replaced by quality.mode"):
+        load_config(write_config(tmp_path / "old", "[quality]\nenabled = false\n"), env={})

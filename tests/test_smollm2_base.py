@@ -34,7 +34,7 @@ def test_import_default_gguf_then_train_a_few_steps(tmp_path):
     done = iceburgd("run", "--once", config=cfg_path, timeout=900)
     assert done.returncode == 0, done.stderr
     run = json.loads(iceburgd("runs", "show", run_id, "--json", config=cfg_path).stdout)
-    assert run["status"] == "succeeded", run
+    assert run["status"] == "trained", run
     manifest = run["manifest"]
     assert manifest["steps"] == 3 and manifest["base_model"]["path"] == str(base)
     curves = [json.loads(line) for line in (Path(run["run_dir"]) / "curves.jsonl").read_text().splitlines()]

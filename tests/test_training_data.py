@@ -293,3 +293,24 @@ def test_progress_shows_micro_batches_within_a_step(tiny_base, tok, tmp_path):
     assert seen == [(0, 0, None), (0, 1, 2), (1, 0, 2), (1, 1, 2), (2, 0, 2), (2, 1, 2)]
     assert _step_text({"step": 1, "total": 3, "micro_done": 1, "micro_total": 2}) == "1/3 (1/2)"
     assert _step_text({"step": 2, "total": 3, "micro_done": 0, "micro_total": 2}) == "2/3"
+
+
+def test_min_steps_shrinks_the_batch_then_repeats_the_data():
+    """The defaults (16 rows per step, 2 epochs) gave a small role two steps; min_steps is a floor."""
+    from iceburg_daemon.training.data import Example
+    from iceburg_daemon.training.sft import Settings, plan_steps, rows_per_step
+
+    examples = [Example(list(range(300)), [1] * 300) for _ in range(24)]  # 300 tokens: 6 per 2048-token row
+    base = dict(micro_batch=4, grad_accum=4, learning_rate=1e-4, warmup_ratio=0.0, epochs=2, max_steps=0, seed=0,
+                order="random", packing=True, max_length=2048, max_grad_norm=1.0, checkpoint_every_steps=0,
+                checkpoint_every_seconds=60.0)
+    no_floor = Settings(**base, min_steps=0)
+    assert rows_per_step(examples, no_floor) == 16 and len(plan_steps(examples, no_floor)) == 2  # 4 rows/epoch
+    floor = Settings(**base, min_steps=4)
+    assert rows_per_step(examples, floor) == 2 and len(plan_steps(examples, floor)) == 4
+    assert all(len(step) == 2 for step in plan_steps(examples, floor))
+    tiny = Settings(**base, min_steps=30)  # 8 rows in 2 epochs: one row per step, then more epochs, cut at 30
+    plan = plan_steps(examples, tiny)
+    assert rows_per_step(examples, tiny) == 1 and len(plan) == 30 and all(len(step) == 1 for step in plan)
+    assert len(plan_steps(examples, Settings(**{**base, "max_steps": 5}, min_steps=30))) == 5  # max_steps wins
+    assert plan_steps([], tiny) == []

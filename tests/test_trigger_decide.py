@@ -207,7 +207,7 @@ def test_failures_back_off_doubling_then_need_attention_until_a_success():
     assert (d.action, d.reason, d.next_check) == ("wait", "needs_attention", None)
     assert "trigger reset surveyor" in d.detail
     assert after_run(st, "cancelled", at(t), p).needs_attention  # a cancel neither counts nor clears
-    cleared = after_run(st, "succeeded", at(t + 10), p)  # e.g. a manual run after a fix
+    cleared = after_run(st, "trained", at(t + 10), p)  # e.g. a manual run after a fix
     assert (cleared.failures, cleared.needs_attention, cleared.last_success) == (0, False, t + 10)
 
 

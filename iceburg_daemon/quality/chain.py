@@ -54,6 +54,8 @@ class FilterChain:
             progress: Callable[[int], None] | None = None) -> Judged:
         """Judge every pending record (or `limit` of them); returns counts per (role, verdict, reason)."""
         judged: Judged = Counter()
+        if self.q.mode == "off":
+            return self._accept_all(should_stop, limit, progress)
         self.negatives.refresh(self.store)
         done = 0
         while not should_stop() and (limit is None or done < limit):
@@ -74,6 +76,31 @@ class FilterChain:
                 judged[(verdict["role"], verdict["verdict"], verdict["reason"] or "")] += 1
             self._judged_upto = (generation, rows[n - 1][0])
             done += n
+            if progress:
+                progress(done)
+        return judged
+
+    def _accept_all(self, should_stop: Callable[[], bool], limit: int | None,
+                    progress: Callable[[int], None] | None) -> Judged:
+        """[quality] mode = "off": every pending record is accepted unjudged, with reason filter_off (secrets
+        are still redacted at ingest). For comparisons such as the flywheel benchmark; status warns."""
+        judged: Judged = Counter()
+        done = 0
+        while not should_stop() and (limit is None or done < limit):
+            generation = self.store.generation()
+            size = self.q.batch_size if limit is None else min(self.q.batch_size, limit - done)
+            rows = self.store.pending_records(size, self._judged_upto[1] if self._judged_upto[0] == generation else 0)
+            if not rows:
+                break
+            now = self.clock()
+            verdicts = [{**_verdict_row(r["id"], r["role"], json.loads(r["canonical"]), {}, None, generation, now),
+                         "filter": "off", "reason": "filter_off", "detail": '[quality] mode = "off"'} for r in rows]
+            with self.store.transaction():
+                self.store.add_verdicts(verdicts)
+            for v in verdicts:
+                judged[(v["role"], "accept", "filter_off")] += 1
+            self._judged_upto = (generation, rows[-1]["id"])
+            done += len(rows)
             if progress:
                 progress(done)
         return judged
@@ -151,15 +178,7 @@ class FilterChain:
 
     def _verdict(self, f: Features, scores: dict[str, Any], finding: Finding | None, generation: int
                  ) -> dict[str, Any]:
-        return {
-            "record_id": f.record_id, "role": f.role, "verdict": "reject" if finding else "accept",
-            "filter": finding.filter if finding else None, "reason": finding.reason if finding else None,
-            "detail": finding.detail if finding else None, "score": finding.score if finding else None,
-            "duplicate_of": finding.duplicate_of if finding else None,
-            "cluster_id": finding.cluster_id if finding else None,
-            "redacted": 1 if f.record.get("redactions") else 0, "scores": _SCORES.encode(scores),
-            "generation": generation, "created_at": self.clock(),
-        }
+        return _verdict_row(f.record_id, f.role, f.record, scores, finding, generation, self.clock())
 
     def _filters(self, f: Features, scores: dict[str, Any]) -> Finding | None:
         q, role_cfg, record = self.q, self.cfg.role(f.role), f.record
@@ -194,6 +213,19 @@ class FilterChain:
         if q.role_checks and role_cfg.require_json:  # 9 runs before 8: semantic works a batch at a time
             return check_principle_json(f.answer)
         return None
+
+
+def _verdict_row(record_id: int, role: str, record: dict[str, Any], scores: dict[str, Any],
+                 finding: Finding | None, generation: int, now: float) -> dict[str, Any]:
+    return {
+        "record_id": record_id, "role": role, "verdict": "reject" if finding else "accept",
+        "filter": finding.filter if finding else None, "reason": finding.reason if finding else None,
+        "detail": finding.detail if finding else None, "score": finding.score if finding else None,
+        "duplicate_of": finding.duplicate_of if finding else None,
+        "cluster_id": finding.cluster_id if finding else None,
+        "redacted": 1 if record.get("redactions") else 0, "scores": _SCORES.encode(scores),
+        "generation": generation, "created_at": now,
+    }
 
 
 def check_principle_json(answer: str) -> Finding | None:

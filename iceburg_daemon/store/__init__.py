@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.store.schema import MIGRATIONS
 from iceburg_daemon.store.runs import RunQueries, RunStatus  # noqa: F401 - re-exported
+from iceburg_daemon.store.releases import ReleaseQueries
 from iceburg_daemon.store.triggers import TriggerQueries
 from iceburg_daemon.store.verdicts import VerdictQueries
 
@@ -83,7 +84,7 @@ def _connect(uri: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Store(VerdictQueries, RunQueries, TriggerQueries):
+class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
     """One connection. The daemon (or `iceburgd ingest`, under the same lock) is the only writer."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool):

@@ -11,15 +11,24 @@ from typing import Any, Iterable
 class RunStatus(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
-    SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # stopped with a checkpoint; resumed by the daemon
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+    # A trained run goes on: trained -> evaluating -> promoted | rejected; a promoted one -> published |
+    # publish_pending (Ollama down: retried with back-off)
+    TRAINED = "trained"
+    EVALUATING = "evaluating"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    PUBLISHED = "published"
+    PUBLISH_PENDING = "publish_pending"
 
 
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.INTERRUPTED.value)
-FINAL = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value, RunStatus.TIMED_OUT.value)
+# training finished with a model: every status from trained on
+TRAINED = (RunStatus.TRAINED.value, RunStatus.EVALUATING.value, RunStatus.PROMOTED.value, RunStatus.REJECTED.value,
+           RunStatus.PUBLISHED.value, RunStatus.PUBLISH_PENDING.value)
 
 
 class RunQueries:
@@ -75,4 +84,4 @@ class RunQueries:
         return self.conn.execute(
             "SELECT r.id, r.content_hash, r.kind, r.canonical FROM records r JOIN verdicts v ON v.record_id = r.id"
             " AND v.current = 1 WHERE r.role = ? AND v.verdict = 'accept' AND r.kind IN ('sft', 'preference')"
-            " ORDER BY r.id", (role,)).fetchall()
+            " AND r.id NOT IN (SELECT record_id FROM forgotten_records) ORDER BY r.id", (role,)).fetchall()

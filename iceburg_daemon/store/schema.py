@@ -198,4 +198,65 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;  -- `train --now`: no cooldown, no deferral
     ALTER TABLE runs ADD COLUMN deferred TEXT;  -- JSON reason codes a queued run waits for, NULL when it may start
     """,
+    # v6: after training. Evaluation results cached per (model weights, item); model versions per role, the
+    # champion pointer with the publishing state of its Ollama alias, the append-only promotion history, and
+    # lineage (which records each run trained on, which records must never be trained on again).
+    """
+    CREATE TABLE eval_cache (
+        weights TEXT NOT NULL,                   -- SHA-256 of the model's weight files
+        item TEXT NOT NULL,                      -- item hash (record content hash, suite item hash + settings)
+        kind TEXT NOT NULL,                      -- loss | gen
+        value TEXT NOT NULL,                     -- JSON
+        created_at REAL NOT NULL,
+        PRIMARY KEY (weights, item, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE model_versions (
+        role TEXT NOT NULL,
+        version INTEGER NOT NULL,                -- v1, v2, ... per role
+        run_id TEXT NOT NULL UNIQUE,
+        decision TEXT NOT NULL,                  -- promoted | rejected | forced
+        path TEXT NOT NULL,                      -- models/<role>/v<N>
+        weights TEXT NOT NULL,                   -- merged weights hash
+        parent INTEGER,                          -- the champion it was compared with (NULL: the base)
+        gate TEXT,                               -- the gate decision with every number, JSON
+        published_at REAL,                       -- iceburg-<role>:v<N> created in Ollama
+        pruned_at REAL,                          -- files (and Ollama tag) removed by retention
+        created_at REAL NOT NULL,
+        PRIMARY KEY (role, version)
+    );
+    CREATE TABLE champions (
+        role TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,                -- the pointer: changes in one transaction with its history row
+        since REAL NOT NULL,
+        alias_version INTEGER,                   -- what iceburg-<role>:latest points at in Ollama, as last confirmed
+        alias_at REAL,
+        publish_failures INTEGER NOT NULL DEFAULT 0,
+        publish_next REAL,                       -- next publishing attempt after a failure
+        publish_error TEXT
+    );
+    CREATE TABLE promotions (
+        id INTEGER PRIMARY KEY,
+        role TEXT NOT NULL,
+        from_version INTEGER,
+        to_version INTEGER NOT NULL,
+        action TEXT NOT NULL,                    -- promote | force | rollback
+        reason TEXT NOT NULL,
+        forced INTEGER NOT NULL DEFAULT 0,
+        at REAL NOT NULL
+    );
+    CREATE TABLE run_records (
+        run_id TEXT NOT NULL,
+        record_id INTEGER NOT NULL,
+        PRIMARY KEY (run_id, record_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_records_record ON run_records(record_id);
+    CREATE TABLE forgotten_records (
+        record_id INTEGER PRIMARY KEY REFERENCES records(id),
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN evaluation TEXT;  -- the gate's summary for this run, JSON
+    ALTER TABLE runs ADD COLUMN eval_attempts INTEGER NOT NULL DEFAULT 0;
+    UPDATE runs SET status = 'trained' WHERE status = 'succeeded';
+    """,
 ]

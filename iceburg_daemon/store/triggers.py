@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Iterable
 
-TRAINED = ("succeeded",)  # run statuses whose training finished (later stages add theirs)
+from iceburg_daemon.store.runs import TRAINED
+
 _STATE_COLUMNS = ("new_records", "threshold_mark", "schedule_key", "next_fire", "schedule_slot",
                   "last_fire_threshold", "last_fire_schedule", "last_fire_manual", "last_run_wall",
                   "last_run_mono", "last_run_boot", "failures", "last_failure_wall", "last_failure_mono",
@@ -38,7 +39,8 @@ class TriggerQueries:
             "SELECT r.id, r.content_hash FROM records r JOIN verdicts v ON v.record_id = r.id AND v.current = 1"
             " WHERE r.role = ? AND v.verdict = 'accept' AND r.kind IN ('sft', 'preference')"
             " AND NOT EXISTS (SELECT 1 FROM trained_records t WHERE t.record_id = r.id)"
-            " AND NOT EXISTS (SELECT 1 FROM eval_records e WHERE e.record_id = r.id)", (role,)).fetchall()
+            " AND NOT EXISTS (SELECT 1 FROM eval_records e WHERE e.record_id = r.id)"
+            " AND NOT EXISTS (SELECT 1 FROM forgotten_records f WHERE f.record_id = r.id)", (role,)).fetchall()
 
     def counts_signature(self) -> tuple[Any, ...]:
         """Changes whenever the new-record counts may have: verdicts written, runs queued or finished."""

@@ -92,6 +92,7 @@ def _run(run_dir: Path, spec: dict[str, Any], stop: _Stop) -> int:
     settings = Settings(
         micro_batch=params["micro_batch"], grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
         warmup_ratio=params["warmup_ratio"], epochs=params["epochs"], max_steps=params["max_steps"],
+        min_steps=params.get("min_steps", 0),
         seed=params["seed"], order=params["order"], packing=params["packing"], max_length=params["max_length"],
         max_grad_norm=params["max_grad_norm"], checkpoint_every_steps=training["checkpoint_every_steps"],
         checkpoint_every_seconds=training["checkpoint_every_minutes"] * 60,

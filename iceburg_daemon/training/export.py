@@ -47,18 +47,24 @@ def write_outputs(run_dir: Path, spec: dict[str, Any], peft_model: Any, tok: Any
     _replace_dir(run_dir / "adapter", lambda d: (peft_model.save_pretrained(d), tok.save_pretrained(d)))
     curves = _last_curve(run_dir)
     merged = peft_model.merge_and_unload()
+    saved_dtype = base_dtype(base_folder)
+    if saved_dtype is not None and saved_dtype != merged.dtype:
+        merged = merged.to(saved_dtype)  # the base's own dtype (bf16/fp16): half the bytes Ollama imports
     _replace_dir(run_dir / "merged", lambda d: (merged.save_pretrained(d), tok.save_pretrained(d)))
+    merged_hash = weights_hash(run_dir / "merged")
     snapshot = json.loads((run_dir / "snapshot.json").read_text())
     manifest = {
         "run_id": spec["run_id"], "role": spec["role"],
         "base_model": {"ref": spec["base_model"], "path": str(base_folder), "weights_sha256": base_hash},
+        "merged": {"weights_sha256": merged_hash, "dtype": str(merged.dtype).removeprefix("torch."),
+                   "architectures": list(getattr(merged.config, "architectures", None) or [])},
         "dataset": {"snapshot_id": snapshot["snapshot_id"], "train": snapshot["train_count"],
                     "eval": snapshot["eval_count"], **report},
         "params": spec["params"], "training": spec["training"], "seed": spec["params"]["seed"],
         "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "gradient_checkpointing": trainer.state.get("gradient_checkpointing", False),
         "autocast": trainer.state.get("autocast"),
-        "steps": len(trainer.plan), "oom_retries": trainer.state["oom_retries"],
+        "steps": len(trainer.plan), "rows_per_step": trainer.rows_per_step, "oom_retries": trainer.state["oom_retries"],
         "final": {**metrics, "train_loss": curves.get("loss")},
         "libraries": {name: _version(name) for name in LIBRARIES},
         "python": platform.python_version(), "finished_at": time.time(),
@@ -66,6 +72,16 @@ def write_outputs(run_dir: Path, spec: dict[str, Any], peft_model: Any, tok: Any
     tmp = run_dir / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, run_dir / "manifest.json")
+
+
+def base_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype the base's config.json declares (transformers 5 writes `dtype`, older ones `torch_dtype`)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(str(name))
 
 
 def _replace_dir(final: Path, write: Any) -> None:

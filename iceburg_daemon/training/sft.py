@@ -40,21 +40,40 @@ class Settings:
     recompute_loss: bool = True  # recompute each loss chunk's logits in backward (memory) or keep them (speed)
     compile_loss: bool = False  # the per-chunk loss compiled (with compiled layers, on CUDA)
     autocast_dtype: Any = None  # a torch dtype: forward and loss under torch.autocast (mixed precision)
+    min_steps: int = 0  # floor on optimizer steps when max_steps is 0: rows per step shrink to reach it
     inject_oom_at_step: int = -1  # tests only: raise one out-of-memory error at this step
+
+
+def rows_per_step(examples: list[Example], s: Settings) -> int:
+    """micro_batch x grad_accum, shrunk for a small role so that the configured epochs make at least min_steps
+    optimizer steps (down to one row per step; a step never crosses an epoch). Without it a role with a few
+    dozen records got about two steps from the defaults and barely trained."""
+    configured = s.micro_batch * s.grad_accum
+    if s.max_steps > 0 or s.min_steps <= 0:
+        return configured
+    rows = len(pack(examples, epoch_order(examples, 0, s.seed, s.order), s.max_length, s.packing))
+    return max(1, min(configured, rows * s.epochs // s.min_steps))
 
 
 def plan_steps(examples: list[Example], s: Settings) -> list[list[list[int]]]:
     """Every optimizer step's rows (each row a list of example indices), for the whole run."""
-    rows_per_step = s.micro_batch * s.grad_accum
+    per_step = rows_per_step(examples, s)
     plan: list[list[list[int]]] = []
     epoch = 0
     while True:
         rows = pack(examples, epoch_order(examples, epoch, s.seed, s.order), s.max_length, s.packing)
-        plan += list(steps_of(rows, rows_per_step))
+        if not rows:
+            return []
+        plan += list(steps_of(rows, per_step))
         epoch += 1
-        if (s.max_steps > 0 and len(plan) >= s.max_steps) or (s.max_steps <= 0 and epoch >= s.epochs):
+        # Past the configured epochs, a role too small to reach min_steps even one row per step repeats its
+        # data until it does (the manifest records the epochs run).
+        if (s.max_steps > 0 and len(plan) >= s.max_steps) or (
+                s.max_steps <= 0 and epoch >= s.epochs and len(plan) >= s.min_steps):
             break
-    return plan[: s.max_steps] if s.max_steps > 0 else plan
+    if s.max_steps > 0:
+        return plan[: s.max_steps]
+    return plan[: s.min_steps] if epoch > s.epochs else plan  # extended for min_steps: stop right there
 
 
 def schedule(total: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -82,6 +101,7 @@ class Trainer:
                  pad_id: int, progress: Progress, should_stop: Callable[[], bool]):
         self.model, self.examples, self.s, self.run_dir = model, examples, s, run_dir
         self.device, self.pad_id, self.progress, self.should_stop = device, pad_id, progress, should_stop
+        self.rows_per_step = rows_per_step(examples, s)
         self.plan = plan_steps(examples, s)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=0.0)

@@ -161,7 +161,7 @@ def _fired(st: RoleState, kind: str, now: Instant) -> RoleState:
 def after_run(state: RoleState, status: str, now: Instant, p: TriggerParams) -> RoleState:
     """Fold a run's end into the role's state: a success clears failures and the attention flag; a failure (not
     a cancel) counts toward back-off and needs_attention."""
-    if status == "succeeded":
+    if status == "trained":
         return dataclasses.replace(state, failures=0, last_failure=None, needs_attention=False,
                                    last_success=now.wall, last_run=now)
     if status in FAILED:

@@ -60,8 +60,10 @@ def on_run_started(store: Store, role: str, now: Instant) -> None:
 def on_run_ended(store: Store, run: Any, status: str, now: Instant, params: TriggerParams) -> RoleState:
     """Inside the caller's transaction: a succeeded run's records become trained (no longer new); failures
     count toward back-off and needs_attention."""
-    if status == "succeeded":
-        store.mark_trained(trained_ids(Path(run["run_dir"])), run["role"], run["id"])
+    if status == "trained":
+        ids = trained_ids(Path(run["run_dir"]))
+        store.mark_trained(ids, run["role"], run["id"])
+        store.add_run_records(run["id"], ids)  # lineage: `data which-models` and `data forget`
     state = after_run(load(store, run["role"]), status, now, params)
     save(store, state, now=now.wall)
     return state
