@@ -1,8 +1,8 @@
 """`iceburgd`: argument parsing and printing only; the work lives in the stage modules.
 
-Exit codes: 0 ok; 1 daemon not running or stale (status), a runtime failure, or a foreground training run that
-did not succeed; 2 invalid config or usage, or store not initialised (status); 3 another iceburgd holds the
-data directory.
+Exit codes: 0 ok; 1 daemon not running or stale (status), a runtime failure, a foreground training run that
+did not succeed or whose candidate was rejected, or a publish that failed; 2 invalid config or usage, or store
+not initialised (status); 3 another iceburgd holds the data directory.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
     _data_parser(sub)
-    from iceburg_daemon import cli_train, cli_trigger
+    from iceburg_daemon import cli_models, cli_train, cli_trigger
 
     cli_train.add_parsers(sub)
     cli_trigger.add_parsers(sub)
+    cli_models.add_parsers(sub)
     index = sub.add_parser("index", help="the filter's vector index (derived data)")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     rebuild = index_sub.add_parser("rebuild", help="re-embed every accepted record into a fresh index")
@@ -72,6 +73,13 @@ def _data_parser(sub: Any) -> None:
     export.add_argument("--output", type=Path)
     refilter = data_sub.add_parser("refilter", help="judge every record again with the current config")
     refilter.add_argument("--json", action="store_true")
+    which_models = data_sub.add_parser("which-models", help="every model version whose training set held a record")
+    which_models.add_argument("id", type=int)
+    which_models.add_argument("--json", action="store_true")
+    forget = data_sub.add_parser("forget", help="never train on a record again; list the versions to retrain")
+    forget.add_argument("id", type=int)
+    forget.add_argument("--reason", default="forgotten by the user")
+    forget.add_argument("--json", action="store_true")
 
 
 def _config_path(arg: Path | None) -> Path | None:
@@ -113,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iceburg_daemon.cli_trigger import run_trigger
 
             return run_trigger(cfg, args)
+        if args.command in ("eval", "promote", "models", "rollback", "publish"):
+            from iceburg_daemon.cli_models import run_models
+
+            return run_models(cfg, args)
         if args.command in ("train", "runs", "base"):
             from iceburg_daemon import cli_train
 

@@ -17,6 +17,8 @@ def run_data(cfg: Config, args: argparse.Namespace) -> int:
 
     if args.data_command == "refilter":
         return _refilter(cfg, as_json=args.json)
+    if args.data_command in ("which-models", "forget"):
+        return _lineage(cfg, args)
     store = Store.open_readonly(cfg.db_path)
     try:
         if args.data_command == "stats":
@@ -46,6 +48,44 @@ def run_data(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _lineage(cfg: Config, args: argparse.Namespace) -> int:
+    """which-models: the versions whose training set held the record. forget: it is never trained on again
+    (left out of every later snapshot and new-record count) and the versions to retrain are listed."""
+    forget = args.data_command == "forget"
+    store = Store.open(cfg.db_path) if forget else Store.open_readonly(cfg.db_path)
+    try:
+        record = store.conn.execute("SELECT id, role, kind FROM records WHERE id = ?", (args.id,)).fetchone()
+        if record is None:
+            print(f"iceburgd: no record {args.id}", file=sys.stderr)
+            return 1
+        versions = [{"role": v["role"], "version": v["version"], "run_id": v["run_id"], "decision": v["decision"],
+                     "champion": (c := store.champion(v["role"])) is not None and c["version"] == v["version"],
+                     "pruned": v["pruned_at"] is not None} for v in store.versions_trained_on(args.id)]
+        newly = False
+        if forget:
+            with store.transaction():
+                newly = store.forget_record(args.id, args.reason, time.time())
+                store.add_event("record_forgotten", str(args.id), time.time(), reason=args.reason,
+                                versions=[f"{v['role']}:v{v['version']}" for v in versions])
+    finally:
+        store.close()
+    result = {"record": args.id, "role": record["role"], "versions": versions}
+    if forget:
+        result.update(forgotten=True, newly=newly, retrain=sorted({v["role"] for v in versions if not v["pruned"]}))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    names = [f"{v['role']} v{v['version']}" + (" (champion)" if v["champion"] else "") + (" [pruned]" if v["pruned"]
+             else "") for v in versions]
+    print(f"record {args.id} ({record['role']}/{record['kind']}) was trained on by: " + (", ".join(names) or "no model"))
+    if forget:
+        print(f"record {args.id} will never be trained on again" + ("" if newly else " (it already was forgotten)"))
+        if result["retrain"]:
+            roles = " ".join(f"`iceburgd train --role {r}`" for r in result["retrain"])
+            print(f"retrain to drop it from the served models: {roles} (the next run leaves it out)")
+    return 0
 
 
 def _refilter(cfg: Config, *, as_json: bool) -> int:

@@ -17,7 +17,7 @@ from iceburg_daemon.config import Config
 from iceburg_daemon.config_training import DEFAULT_BASE
 from iceburg_daemon.errors import TrainingError
 from iceburg_daemon.runner import Runner, child_env, request_cancel
-from iceburg_daemon.store import Store
+from iceburg_daemon.store import RunStatus, Store
 from iceburg_daemon.trigger.clock import now_instant
 from iceburg_daemon.trigger.decide import cooldown_left, span
 from iceburg_daemon.trigger.state import load
@@ -90,9 +90,11 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
                   f"{run_id}: {what}; {row['train_count']} train / {row['eval_count']} eval records")
             return EXIT_OK
         status = _foreground(cfg, store, run_id, progress=sys.stderr.isatty() and not args.json)
+        if status == RunStatus.TRAINED.value:  # the whole chain, here: evaluate, gate, promote, publish
+            status = _release(cfg, store, run_id, quiet=args.json)
         row = store.run(run_id)
         _emit(args.json, _run_view(row), f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else ""))
-        return EXIT_OK if status == "trained" else EXIT_FAILURE
+        return EXIT_OK if status in (RunStatus.PROMOTED.value, RunStatus.PUBLISHED.value) else EXIT_FAILURE
     finally:
         store.close()
 
@@ -121,6 +123,25 @@ def _foreground(cfg: Config, store: Store, run_id: str, *, progress: bool) -> st
             runner.stop("shutdown")
     bar.close()
     return status
+
+
+def _release(cfg: Config, store: Store, run_id: str, *, quiet: bool) -> str:
+    from iceburg_daemon.cli_models import _progress_printer
+    from iceburg_daemon.evaluate.stage import Evaluator
+    from iceburg_daemon.evaluate.suites import install_starters
+    from iceburg_daemon.publish import PublishStage
+
+    install_starters(cfg.evals_dir)
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    say(f"{run_id}: trained; evaluating against the {'champion' if store.champion(store.run(run_id)['role']) else 'base'}")
+    status = Evaluator(cfg, store).run_to_end(store.run(run_id), on_progress=_progress_printer(quiet))
+    row = store.run(run_id)
+    say(f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else "")
+        + f"; report {Path(row['run_dir']) / 'eval.md'}")
+    if status == RunStatus.PROMOTED.value and cfg.publish.enabled:
+        PublishStage(cfg, store).run_now(row["role"], echo=say)
+        status = store.run(run_id)["status"]
+    return str(status)
 
 
 class _Bar:
@@ -195,15 +216,27 @@ def _run_text(v: dict[str, Any]) -> str:
         lines.append(f"  device {p['device']} ({p.get('dtype')}), autocast {p.get('autocast') or 'off'}, gradient"
                      f" checkpointing {'on' if p.get('gradient_checkpointing') else 'off'}")
     if m:
-        lines.append(f"  eval loss {m.get('eval_loss')} (base {m.get('eval_loss_base')})")
+        lines.append(f"  eval loss {m.get('eval_loss')} (base {m.get('eval_loss_base')}) on the run's own split")
+    e = v.get("evaluation")
+    if e:
+        c, b = e["candidate"], e["baseline_scores"]
+        verdict = "passed" if e["passed"] else "rejected (" + ", ".join(e["reasons"]) + ")"
+        lines.append(f"  gate vs {e['baseline']}: {verdict} on {e['items']} items -> v{e['version']}")
+        lines.append(f"    loss {_fmt(c.get('loss'))} vs {_fmt(b.get('loss'))}, suite pass"
+                     f" {_fmt(c.get('suite_pass_rate'))} vs {_fmt(b.get('suite_pass_rate'))}, template echo {_fmt(c.get('template_echo'))}"
+                     f" vs {_fmt(b.get('template_echo'))}; report {Path(v['run_dir']) / 'eval.md'}")
     if v["detail"]:
         lines.append("  detail: " + v["detail"].strip().replace("\n", "\n    ")[-1500:])
     return "\n".join(lines)
 
 
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _run_view(row: Any) -> dict[str, Any]:
     view = dict(row)
-    for key in ("progress", "metrics"):
+    for key in ("progress", "metrics", "evaluation"):
         view[key] = json.loads(view[key]) if view[key] else None
     return view
 

@@ -2,8 +2,8 @@
 
 tick() reads top to bottom in data-flow order: scan inbox -> claim -> ingest -> sync sources -> filter ->
 trigger (queue runs by threshold or schedule) -> train (supervise children, pause them when a pausing condition
-starts, start the oldest run that no deferral holds) -> heartbeat. Later stages (evaluate, promote, publish)
-slot in after training.
+starts, start the oldest run that no deferral holds) -> evaluate (a trained run against the champion; the gate
+promotes or rejects) -> publish (move the champion's Ollama alias, on a worker thread) -> heartbeat.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from iceburg_daemon.logs import get_logger
 from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.quality.embed import EmbeddingError
+from iceburg_daemon.evaluate.stage import Evaluator
+from iceburg_daemon.evaluate.suites import install_starters
+from iceburg_daemon.publish import PublishStage
 from iceburg_daemon.runner import Runner
 from iceburg_daemon.store import SourceHealth, Store
 from iceburg_daemon.trigger.defer import REASONS as DEFER_REASONS
@@ -82,6 +85,8 @@ class Daemon:
         self.chain: FilterChain | None = None
         self.runners: list[Runner] = []  # one per concurrent training child ([training] max_concurrent_runs)
         self.triggers: TriggerStage | None = None
+        self.evaluator: Evaluator | None = None
+        self.publisher: PublishStage | None = None
         self._skipped_reported: set[tuple[str, str]] = set()
         self._settles_in: float | None = None  # wake early when a waiting inbox file settles
         self._filter_backlog = False  # the last filter pass stopped at its limit: more records are waiting
@@ -101,6 +106,10 @@ class Daemon:
         self.triggers = TriggerStage(self.cfg, self.store, clock=self.clock,
                                      on_fire=lambda role, kind: self.metrics.trigger_fires.labels(
                                          role=role, kind=kind).inc())
+        self.evaluator = Evaluator(self.cfg, self.store, clock=self.clock, on_decided=self._decided)
+        self.publisher = PublishStage(self.cfg, self.store, clock=self.clock, on_result=lambda role, ok:
+                                      self.metrics.publishes.labels(role=role, outcome="ok" if ok else "failed").inc())
+        install_starters(self.cfg.evals_dir)  # the user's own suites are never overwritten
         with self.store.transaction():
             for source in self.cfg.sources.chroma:
                 if source.enabled:
@@ -133,6 +142,10 @@ class Daemon:
         for runner in self.runners:
             runner.shutdown()
         self.runners = []
+        if self.evaluator is not None:
+            self.evaluator.shutdown()  # its run goes back to `trained`; the cache keeps what was computed
+        if self.publisher is not None:
+            self.publisher.close()
         if self.store is not None:
             now = self.clock()
             with self.store.transaction():
@@ -163,8 +176,8 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 if once:
-                    if self.training_busy:
-                        time.sleep(0.2)  # --once also sees a queued training run through
+                    if self.training_busy or self._release_pending():
+                        time.sleep(0.2)  # --once also sees a queued run through training, evaluation, publishing
                         continue
                     if not self.wake.is_set():
                         break
@@ -205,6 +218,10 @@ class Daemon:
             self.trigger()
         if not self.stopping.is_set():
             self.train()
+        if not self.stopping.is_set():
+            self.evaluate()
+        if not self.stopping.is_set():
+            self.publish()
         self.heartbeat()
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
 
@@ -325,7 +342,7 @@ class Daemon:
                         runner.stop(f"paused:{cause.code}")  # checkpoints; resumes when the cause clears
                     runner.poll()
             free = [r for r in self.runners if not r.busy]
-            if free:
+            if free and not (self.evaluator and self.evaluator.busy):  # an evaluation finishes its chain first
                 waiting = free[0].waiting_runs()
                 while free and waiting:
                     row = self.triggers.gate(waiting)
@@ -338,6 +355,42 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a runner bug must not stop ingest and filtering
             log.exception("stage_failed", stage="train")
         self.metrics.training_active.set(sum(1 for r in self.runners if r.busy))
+
+    def evaluate(self) -> None:
+        """Supervise the evaluation child; when no child of any kind runs, start on the oldest trained run."""
+        assert self.evaluator is not None
+        try:
+            if self.evaluator.busy:
+                if self.evaluator.poll() is not None:
+                    self.wake.set()  # publish or start the next run now
+            elif not self.training_busy:
+                row = self.evaluator.next_run()
+                if row is not None:
+                    self.evaluator.start(row)
+        except Exception:  # noqa: BLE001 - an evaluation bug must not stop ingest and filtering
+            log.exception("stage_failed", stage="evaluate")
+
+    def publish(self) -> None:
+        """Move each champion's Ollama alias onto it (off this thread); record what finished."""
+        assert self.publisher is not None and self.store is not None
+        try:
+            self.publisher.step()
+            for champ in self.store.champions():
+                self.metrics.champion_version.labels(role=champ["role"]).set(champ["version"])
+                self.metrics.alias_lagging.labels(role=champ["role"]).set(
+                    int(self.cfg.publish.enabled and champ["alias_version"] != champ["version"]))
+        except Exception:  # noqa: BLE001 - Ollama trouble must not stop ingest and filtering
+            log.exception("stage_failed", stage="publish")
+
+    def _release_pending(self) -> bool:
+        """--once: work left after training (a trained run to evaluate, a publish due or in flight)."""
+        if self.evaluator is None or self.publisher is None:
+            return False
+        return (self.evaluator.busy or self.evaluator.next_run() is not None or self.publisher.current is not None
+                or bool(self.publisher.due()))
+
+    def _decided(self, run_id: str, role: str, promoted: bool) -> None:
+        self.metrics.gate_decisions.labels(role=role, decision="promoted" if promoted else "rejected").inc()
 
     def _queue_metrics(self) -> None:
         assert self.store is not None

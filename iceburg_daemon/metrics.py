@@ -48,6 +48,14 @@ class Metrics:
                                           " after repeated failures.", ["role"], registry=r)
         self.last_success = Gauge("iceburg_last_successful_run_timestamp_seconds", "Unix time the role's last"
                                   " run succeeded.", ["role"], registry=r)
+        self.gate_decisions = Counter("iceburg_gate_decisions", "Evaluated candidates, by role and decision"
+                                      " (promoted, rejected).", ["role", "decision"], registry=r)
+        self.publishes = Counter("iceburg_publish_attempts", "Publishing attempts to Ollama, by role and outcome"
+                                 " (ok, failed).", ["role", "outcome"], registry=r)
+        self.champion_version = Gauge("iceburg_champion_version", "The role's champion version number (0: none).",
+                                      ["role"], registry=r)
+        self.alias_lagging = Gauge("iceburg_publish_alias_lagging", "1 while the role's Ollama alias does not point"
+                                   " at its champion (publish pending).", ["role"], registry=r)
         self.tick_seconds = Histogram("iceburg_daemon_tick_duration_seconds", "Duration of one loop pass.",
                                       registry=r, buckets=(0.005, 0.02, 0.1, 0.5, 2, 10, 60, 300))
 

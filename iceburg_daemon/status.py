@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from iceburg_daemon import ROLES
-from iceburg_daemon.config import Config
+from iceburg_daemon.config import Config, publish_name
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.inbox import pending, scan
 from iceburg_daemon.runner import pid_alive
@@ -43,7 +43,8 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "heartbeat_age_s": None if age is None else round(age, 3),
             "version": beat["version"] if beat else None,
             "data_dir": str(cfg.data_dir),
-            "warnings": _warnings(cfg),
+            "warnings": _warnings(cfg, store, now),
+            "models": _models(cfg, store),
             "inbox": {"ready": len(found.ready), "settling": found.waiting,
                       "processing": len(pending(cfg.processing_dir)),
                       "skipped": [{"name": p.name, "reason": r} for p, r in found.skipped]},
@@ -62,8 +63,17 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
         store.close()
 
 
-def _warnings(cfg: Config) -> list[str]:
+def _warnings(cfg: Config, store: Store, now: float) -> list[str]:
     out = []
+    for champ in store.champions() if cfg.publish.enabled else []:
+        if champ["alias_version"] != champ["version"]:
+            alias = publish_name(cfg, champ["role"])
+            points = f"v{champ['alias_version']}" if champ["alias_version"] else "nothing of ours"
+            when = ("not retried automatically: fix it, then `iceburgd publish`" if champ["publish_next"] == -1
+                    else f"next try in {max(0, champ['publish_next'] - now):.0f}s" if champ["publish_next"]
+                    else "publishing now")
+            out.append(f"Ollama {alias} points at {points} but the {champ['role']} champion is v{champ['version']}"
+                       f" ({champ['publish_error'] or 'publish pending'}; {when})")
     if cfg.quality.mode == "off":
         out.append('the truth filter is off ([quality] mode = "off"): every record is accepted unjudged'
                    " (reason filter_off) and may be trained on")
@@ -71,6 +81,12 @@ def _warnings(cfg: Config) -> list[str]:
         out.append('the truth filter is paused ([quality] mode = "paused"): new records wait unjudged and are'
                    " not trained on")
     return out
+
+
+def _models(cfg: Config, store: Store) -> list[dict[str, Any]]:
+    return [{"role": c["role"], "champion": c["version"], "since": c["since"], "alias": publish_name(cfg, c["role"]),
+             "alias_version": c["alias_version"], "publish_failures": c["publish_failures"],
+             "publish_error": c["publish_error"]} for c in store.champions()]
 
 
 def _verdicts(store: Store) -> dict[str, Any]:
@@ -148,7 +164,12 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
     events.add_column("subject")
     for e in snapshot["events"]:
         events.add_row(f"{now - e['ts']:.0f}s", e["kind"], e["subject"][:60])
-    return Group(head, *([warnings] if snapshot["warnings"] else []), inbox_line, records, quarantine, sources, Text("when roles train", style="italic"), roles,
+    models = Text("\n".join(
+        f"{m['role']}: champion v{m['champion']}, Ollama {m['alias']} -> "
+        + (f"v{m['alias_version']}" if m["alias_version"] else "not published") for m in snapshot["models"])
+        or "no champion yet (the first model that beats its base becomes one)")
+    return Group(head, *([warnings] if snapshot["warnings"] else []), inbox_line, records, quarantine, sources,
+                 Text("when roles train", style="italic"), roles, Text("models", style="italic"), models,
                  runs, events)
 
 

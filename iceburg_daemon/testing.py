@@ -86,7 +86,8 @@ def write_config(folder: Path, text: str = "") -> Path:
     base = ("[inbox]\nsettle_seconds = 0.0\nrescan_seconds = 0.2\n\n"
             "[daemon]\nheartbeat_seconds = 0.2\nstale_after_seconds = 5.0\n\n"
             "[metrics]\nenabled = false\n\n"
-            "[defer]\nmin_free_disk_gb = 0.0\n")  # a test must not wait on the machine's free space
+            "[defer]\nmin_free_disk_gb = 0.0\n\n"  # a test must not wait on the machine's free space
+            "[publish]\nenabled = false\n")  # nor reach a real Ollama: publishing tests start their own
     path = folder / "config.toml"
     path.write_text(_merge(base, text), encoding="utf-8")
     return path
@@ -193,6 +194,9 @@ TINY_TRAINING = """
 [quality]
 template = false
 near_dedup = false
+
+[eval]
+max_new_tokens = 24
 
 [training]
 device = "cpu"

@@ -19,6 +19,7 @@ import pytest
 from iceburg_daemon.config import load_config
 from iceburg_daemon.runner import child_command, queue_run
 from iceburg_daemon.store import Store
+from iceburg_daemon.store.runs import TRAINED
 from iceburg_daemon.testing import (FACTS, TINY_TRAINING, fact_record, iceburgd, spawn_daemon, wait_for, write_config,
                                     write_jsonl)
 
@@ -96,7 +97,7 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     done = iceburgd("run", "--once", config=cfg_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     run = _run(cfg_path, run_id)
-    assert run["status"] == "trained", run
+    assert run["status"] in TRAINED, run
     run_dir = Path(run["run_dir"])
     curves = _jsonl(run_dir / "curves.jsonl")
     assert len(curves) == 120 and curves[-1]["loss"] < 0.6 * curves[0]["loss"]
@@ -136,12 +137,15 @@ def test_a_queued_run_trains_and_its_merged_model_answers(tmp_path, tiny_base):
     assert [r["id"] for r in json.loads(listing.stdout)] == [run_id]
     status = json.loads(iceburgd("status", "--json", config=cfg_path).stdout)
     assert status["runs"][0]["id"] == run_id and status["runs"][0]["step"] == 120
+    final = run["status"]  # --once also evaluated it: promoted or rejected by the gate (tested apart)
+    assert final in ("promoted", "rejected"), run
     table = iceburgd("status", config=cfg_path, env={"COLUMNS": "200"})
-    assert run_id in table.stdout and "trained" in table.stdout
+    assert run_id in table.stdout and final in table.stdout
     text = iceburgd("runs", "list", config=cfg_path)
-    assert f"{run_id}  {'trained':<15} step 120/120" in text.stdout
+    assert f"{run_id}  {final:<15} step 120/120" in text.stdout
     shown = iceburgd("runs", "show", run_id, config=cfg_path).stdout
-    assert shown.startswith(f"{run_id}  trained") and "eval loss" in shown and "attempts 1" in shown
+    assert shown.startswith(f"{run_id}  {final}") and "eval loss" in shown and "attempts 1" in shown
+    assert "gate vs base" in shown and "eval.md" in shown
     assert "device cpu (float32), autocast off, gradient checkpointing on" in shown
 
 
@@ -177,7 +181,7 @@ def test_sigkill_of_daemon_and_child_resumes_from_the_checkpoint(tmp_path, tiny_
     done = iceburgd("run", "--once", config=cfg_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     run = _run(cfg_path, run_id)
-    assert run["status"] == "trained" and run["attempts"] == 2, run
+    assert run["status"] in TRAINED and run["attempts"] == 2, run
     resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
     assert [e["step"] for e in resumed] == [ckpt]
     steps = [c["step"] for c in _jsonl(run_dir / "curves.jsonl")]
@@ -187,7 +191,7 @@ def test_sigkill_of_daemon_and_child_resumes_from_the_checkpoint(tmp_path, tiny_
 def test_sigterm_checkpoints_marks_interrupted_and_the_daemon_resumes(tmp_path, tiny_base):
     with _training_daemon(tmp_path, tiny_base, max_steps=60, at_step=3) as (cfg_path, run_id, run_dir, _):
         os.kill(_child_pid(cfg_path, run_id), signal.SIGTERM)
-        wait_for(lambda: _run(cfg_path, run_id)["status"] == "trained", 120, "resumed run to succeed")
+        wait_for(lambda: _run(cfg_path, run_id)["status"] in TRAINED, 120, "resumed run to succeed")
     run = _run(cfg_path, run_id)
     assert run["attempts"] == 1  # a checkpointed stop is not a failed attempt (a crash is: see the SIGKILL test)
     resumed = [e for e in _jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
@@ -286,7 +290,7 @@ def test_dpo_follows_sft_when_the_role_has_enough_preference_pairs(tmp_path, tin
     done = iceburgd("run", "--once", config=cfg_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     run = _run(cfg_path, run_id)
-    assert run["status"] == "trained", (run, (run_dir / "child.log").read_text()[-3000:])
+    assert run["status"] in TRAINED, (run, (run_dir / "child.log").read_text()[-3000:])
     final = run["manifest"]["final"]
     assert final["dpo_pairs"] == snapshot["preference_count"] and final["dpo_steps"] >= 1
     assert final["dpo_train_loss"] > 0
@@ -304,7 +308,7 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path, tiny_base):
         done = iceburgd("run", "--once", config=cfg_path, timeout=300)
         assert done.returncode == 0, done.stderr
         run = _run(cfg_path, run_id)
-        assert run["status"] == "trained", (Path(run["run_dir"]) / "child.log").read_text()[-2000:]
+        assert run["status"] in TRAINED, (Path(run["run_dir"]) / "child.log").read_text()[-2000:]
         curves[launcher] = [c["loss"] for c in _jsonl(Path(run["run_dir"]) / "curves.jsonl")]
     assert len(curves["torchrun"]) == 4
     assert curves["torchrun"] == pytest.approx(curves["python"], rel=1e-4)

@@ -15,6 +15,7 @@ from iceburg_daemon.formats import content_hash, parse_object
 from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.snapshot import in_eval_bucket
 from iceburg_daemon.store import Store
+from iceburg_daemon.store.runs import TRAINED
 from iceburg_daemon.testing import (TINY_TRAINING, fact_record, iceburgd, spawn_daemon, wait_for, wait_until_running,
                                     write_config, write_jsonl)
 from iceburg_daemon.trigger.probes import Conditions, Power
@@ -93,11 +94,11 @@ def test_records_arriving_train_a_role_with_no_command_typed(tmp_path, tiny_base
         shown = iceburgd("trigger", "show", "surveyor", config=cfg_path)
         assert shown.stdout.strip() == f"surveyor: {_trainable(first)} of 20 new records", shown.stdout
         write_jsonl(cfg.inbox_dir / "tuesday.jsonl", second)
-        run = wait_for(lambda: (r := _run_row(cfg)) and r["status"] == "trained" and r, 180, "a run to succeed")
+        run = wait_for(lambda: (r := _run_row(cfg)) and r["status"] in TRAINED and r, 180, "a run to succeed")
     finally:
         _stop(daemon)
     status = _status(cfg_path)
-    assert status["runs"][0]["id"] == run["id"] and status["runs"][0]["status"] == "trained"
+    assert status["runs"][0]["id"] == run["id"] and status["runs"][0]["status"] in TRAINED
     assert status["runs"][0]["trigger"] == "threshold" and run["train_count"] == _trainable(first + second)
     role = status["roles"][0]
     assert role["role"] == "surveyor" and role["new_records"] == 0 and role["last_success"] is not None
@@ -132,7 +133,7 @@ def test_a_run_pauses_on_battery_and_resumes_from_its_checkpoint_on_ac(tmp_path,
         shown = iceburgd("trigger", "show", config=cfg_path).stdout
         assert "paused (on_battery), deferred (on_battery); would defer: on battery (38 %)" in shown, shown
         power.write_text("ac\n")  # plugged back in
-        done = wait_for(lambda: (r := _run_row(cfg)) and r["status"] == "trained" and r, 180, "the resumed run")
+        done = wait_for(lambda: (r := _run_row(cfg)) and r["status"] in TRAINED and r, 180, "the resumed run")
     finally:
         _stop(daemon)
     assert done["attempts"] == 1 and done["deferred"] is None
@@ -209,7 +210,7 @@ def test_manual_runs_wait_for_the_cooldown_unless_now_and_reset_clears_attention
         assert coalesced["trigger"] == "manual" and coalesced["run"] == queued["id"]
         daemon.tick()
         assert _run_row(cfg, queued["id"])["status"] == "running"
-        wait_for(lambda: (daemon.tick(), _run_row(cfg, queued["id"])["status"] == "trained")[1], 120, "success")
+        wait_for(lambda: (daemon.tick(), _run_row(cfg, queued["id"])["status"] in TRAINED)[1], 120, "success")
     finally:
         daemon.close()
     store = Store.open_readonly(cfg.db_path)

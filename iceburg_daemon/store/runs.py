@@ -23,12 +23,13 @@ class RunStatus(str, enum.Enum):
     REJECTED = "rejected"
     PUBLISHED = "published"
     PUBLISH_PENDING = "publish_pending"
+    PUBLISH_FAILED = "publish_failed"  # Ollama cannot take this model (e.g. its architecture): not retried
 
 
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.INTERRUPTED.value)
 # training finished with a model: every status from trained on
 TRAINED = (RunStatus.TRAINED.value, RunStatus.EVALUATING.value, RunStatus.PROMOTED.value, RunStatus.REJECTED.value,
-           RunStatus.PUBLISHED.value, RunStatus.PUBLISH_PENDING.value)
+           RunStatus.PUBLISHED.value, RunStatus.PUBLISH_PENDING.value, RunStatus.PUBLISH_FAILED.value)
 
 
 class RunQueries:

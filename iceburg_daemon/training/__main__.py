@@ -1,4 +1,5 @@
-"""`python -m iceburg_daemon.training --run-dir DIR` (one run) or `--import-gguf FILE --out DIR` (a base)."""
+"""`python -m iceburg_daemon.training --run-dir DIR` (one run), `--eval-dir DIR` (one evaluation) or
+`--import-gguf FILE --out DIR` (a base)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m iceburg_daemon.training")
     p.add_argument("--run-dir", type=Path, help="run folder prepared by the daemon")
+    p.add_argument("--eval-dir", type=Path, help="evaluation folder prepared by the daemon (request.json)")
     p.add_argument("--import-gguf", type=Path, metavar="FILE", help="convert a GGUF file into a trainable base")
     p.add_argument("--out", type=Path, help="with --import-gguf: the folder to write")
     args = p.parse_args()
@@ -17,12 +19,16 @@ def main() -> int:
         from iceburg_daemon.training.child import main as run
 
         return run(args.run_dir.resolve())
+    if args.eval_dir:
+        from iceburg_daemon.training.evaluate import main as evaluate
+
+        return evaluate(args.eval_dir.resolve())
     if args.import_gguf and args.out:
         from iceburg_daemon.training.gguf_import import import_gguf
 
         print(import_gguf(args.import_gguf, args.out))
         return 0
-    p.error("give --run-dir, or --import-gguf with --out")
+    p.error("give --run-dir, --eval-dir, or --import-gguf with --out")
     return 2
 
 
