@@ -37,6 +37,7 @@ class Job:
     alias: str
     created: bool  # the tag was created before (a rollback target): only the smoke test and the alias move
     progress: list[str] = field(default_factory=list)
+    prune: list[int] = field(default_factory=list)  # versions retention removed whose Ollama tags go too
 
 
 def version_tag(role: str, version: int) -> str:
@@ -74,6 +75,9 @@ def publish(cfg: Config, client: OllamaClient, job: Job) -> None:
         raise PublishError(f"smoke test: {job.tag} answered nothing to {cfg.publish.smoke_prompt!r}", retry=True)
     client.copy(job.tag, job.alias)
     job.progress.append(f"{job.alias} -> {job.tag}")
+    for version in job.prune:
+        client.delete(version_tag(job.role, version))  # gone already is fine
+        job.progress.append(f"deleted {version_tag(job.role, version)} (pruned)")
 
 
 class PublishStage:
@@ -97,11 +101,13 @@ class PublishStage:
                 continue
             if champ["publish_next"] is not None and (champ["publish_next"] == NOT_RETRIED or champ["publish_next"] > now):
                 continue
-            v = self.store.version(champ["role"], champ["version"])
-            jobs.append(Job(champ["role"], champ["version"], v["run_id"], version_dir(self.cfg, champ["role"],
-                                                                                      champ["version"]),
-                            version_tag(champ["role"], champ["version"]), publish_name(self.cfg, champ["role"]),
-                            created=v["published_at"] is not None))
+            role, version = champ["role"], champ["version"]
+            v = self.store.version(role, version)
+            pruned = [p["version"] for p in self.store.versions(role)
+                      if p["pruned_at"] is not None and p["published_at"] is not None]
+            jobs.append(Job(role, version, v["run_id"], version_dir(self.cfg, role, version),
+                            version_tag(role, version), publish_name(self.cfg, role),
+                            created=v["published_at"] is not None, prune=pruned))
         return jobs
 
     def step(self) -> None:
@@ -161,6 +167,8 @@ class PublishStage:
                 self.store.update_champion(job.role, alias_version=job.version, alias_at=now, publish_failures=0,
                                            publish_next=None, publish_error=None)
                 self.store.update_version(job.role, job.version, published_at=now)
+                for version in job.prune:
+                    self.store.update_version(job.role, version, published_at=None)
                 if run is not None and run["status"] in PUBLISHED_STATES:
                     self.store.update_run(job.run_id, status=RunStatus.PUBLISHED.value, reason=None)
                 self.store.add_event("published", job.run_id, now, tag=job.tag, alias=job.alias)

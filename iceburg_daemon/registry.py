@@ -24,7 +24,8 @@ def version_dir(cfg: Config, role: str, version: int) -> Path:
 def write_version(cfg: Config, store: Store, run: Any, version: int, *, gate: dict[str, Any],
                   report: dict[str, Any], parent: int | None, now: float) -> Path:
     """Lay out models/<role>/v<N>/ atomically (staging folder, then rename). A folder left by a crash before
-    its store row was committed is replaced."""
+    its store row was committed is replaced; a version evaluated again (`iceburgd eval`) gets its manifest and
+    card rewritten the same way (old folder swapped out, then removed)."""
     role, run_dir = run["role"], Path(run["run_dir"])
     final = version_dir(cfg, role, version)
     if final.exists() and store.version(role, version) is None:
@@ -49,7 +50,14 @@ def write_version(cfg: Config, store: Store, run: Any, version: int, *, gate: di
     (staging / "Modelfile").write_text(modelfile(cfg, role, staging / "merged"))
     (staging / "README.md").write_text(model_card(manifest, publish_name(cfg, role)))
     _fsync_dir(staging)
-    os.rename(staging, final)
+    if final.exists():
+        old = final.with_name(f".v{version}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, final)
     return final
 
 

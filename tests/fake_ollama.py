@@ -10,6 +10,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ class FakeOllama:
         self.models: dict[str, dict[str, Any]] = {}  # name -> {files, template, system, parameters, digest}
         self.requests: list[tuple[str, str]] = []  # (method, path) in order
         # one-shot faults: {"create": "before"} (HTTP 500) | {"create": "midstream"} (an error line after streaming
-        # began) | {"chat": "empty"} (an answer with no text)
+        # began) | {"chat": "empty"} (an answer with no text); lasting: {"create_delay": "3"} (seconds per create)
         self.faults: dict[str, str] = {}
         self.lock = threading.Lock()
         self._loaded: dict[str, Any] = {}
@@ -66,6 +67,7 @@ class FakeOllama:
 
     # ---- endpoint logic (called with the lock held) ---------------------------------------------------------------
     def create(self, body: dict[str, Any]) -> tuple[int, Any]:
+        time.sleep(float(self.faults.get("create_delay", 0)))  # a big model converting: the client waits
         model = body.get("model")
         if not model:
             return 400, {"error": "model is required"}

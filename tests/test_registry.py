@@ -80,3 +80,36 @@ def test_rollback_and_force_move_the_pointer_with_history_and_refuse_the_impossi
     assert 2 in keep_set(cfg, store, "oracle") and pruned == [3]  # v2: the rollback source stays available
     with pytest.raises(RegistryError, match="pruned"):
         force(store, "run3", "too late", now=8.0)
+
+
+def test_publishing_moves_the_alias_and_deletes_the_tags_of_pruned_versions(tmp_path, tiny_base):
+    """Without training: the tiny base stands in for merged weights (a real model folder with a ChatML template)."""
+    import shutil
+
+    from fake_ollama import FakeOllama
+
+    from iceburg_daemon.publish import PublishStage
+
+    ollama = FakeOllama()
+    try:
+        cfg = load_config(write_config(tmp_path / "home", f'[publish]\nollama_host = "{ollama.url}"\n'), env={})
+        store = Store.open(cfg.db_path)
+        for n in (1, 2):
+            _version(cfg, store, n, "promoted")
+            shutil.copytree(tiny_base, cfg.models_dir / "oracle" / f"v{n}" / "merged")
+            if n == 1:
+                assert PublishStage(cfg, store).run_now() == [("oracle", True)]
+                assert ollama.target("iceburg-oracle:latest") == ollama.target("iceburg-oracle:v1") is not None
+        assert [j.version for j in PublishStage(cfg, store).due()] == [2]
+        with store.transaction():
+            store.update_version("oracle", 1, pruned_at=3.0)  # retention removed v1's files
+        assert PublishStage(cfg, store).run_now("oracle") == [("oracle", True)]
+        assert "iceburg-oracle:v1" not in ollama.models and ("DELETE", "/api/delete") in ollama.requests
+        assert ollama.target("iceburg-oracle:latest") == ollama.target("iceburg-oracle:v2")
+        assert store.version("oracle", 1)["published_at"] is None and store.version("oracle", 2)["published_at"]
+        champ = store.champion("oracle")
+        assert (champ["alias_version"], champ["publish_failures"], champ["publish_error"]) == (2, 0, None)
+        assert PublishStage(cfg, store).due() == []  # alias and champion agree: nothing more to do
+        store.close()
+    finally:
+        ollama.close()

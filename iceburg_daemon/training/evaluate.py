@@ -78,9 +78,11 @@ def _run(eval_dir: Path, req: dict[str, Any], should_stop: Any) -> int:
                 if should_stop():
                     return EXIT_INTERRUPTED
                 chunk = [loss_items[h] for h in hashes[start : start + batch]]
-                for h, (loss, tokens, why) in zip(hashes[start : start + batch],
-                                                  item_losses(net, tok, chunk, req["max_length"], device)):
-                    emit("loss", h, loss=loss, tokens=tokens, skipped=why)
+                began = time.perf_counter()
+                scored = item_losses(net, tok, chunk, req["max_length"], device)
+                each = (time.perf_counter() - began) / len(chunk)  # the batch's time, shared: what benchmarks sum
+                for h, (loss, tokens, why) in zip(hashes[start : start + batch], scored):
+                    emit("loss", h, loss=loss, tokens=tokens, skipped=why, seconds=round(each, 4))
             by_length: dict[int, list[str]] = {}
             for h in todo["gen"]:
                 by_length.setdefault(int(gen_items[h]["max_new_tokens"]), []).append(h)
@@ -89,9 +91,11 @@ def _run(eval_dir: Path, req: dict[str, Any], should_stop: Any) -> int:
                     if should_stop():
                         return EXIT_INTERRUPTED
                     chunk = [gen_items[h] for h in group[start : start + batch]]
-                    for h, (text, finished, tokens) in zip(group[start : start + batch],
-                                                            generate(net, tok, chunk, max_new, device)):
-                        emit("gen", h, answer=text, finished=finished, tokens=tokens)
+                    began = time.perf_counter()
+                    answers = generate(net, tok, chunk, max_new, device)
+                    each = (time.perf_counter() - began) / len(chunk)
+                    for h, (text, finished, tokens) in zip(group[start : start + batch], answers):
+                        emit("gen", h, answer=text, finished=finished, tokens=tokens, seconds=round(each, 4))
             del net
     progress.update(phase="done", done=done, total=total, finished_at=time.time())
     return EXIT_OK
