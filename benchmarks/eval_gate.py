@@ -60,7 +60,8 @@ def perturbed_copy(base: Path, out: Path) -> str:
         "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); torch.manual_seed(0)\n"
         "with torch.no_grad():\n    for p in m.parameters(): p.mul_(1 + 1e-3 * torch.randn_like(p))\n"
         "m.save_pretrained(sys.argv[2]); AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])\n"
-        "from iceburg_daemon.training.model import weights_hash; print(weights_hash(__import__('pathlib').Path(sys.argv[2])))\n")
+        "from pathlib import Path\nfrom iceburg_daemon.training.model import weights_hash\n"
+        "print(weights_hash(Path(sys.argv[2])))\n")
     done = subprocess.run([sys.executable, "-c", code, str(base), str(out)], capture_output=True, text=True, check=True)
     return done.stdout.strip().splitlines()[-1]
 

@@ -95,7 +95,8 @@ def main() -> None:
         d = degeneration(outputs, templates, filtered["cfg"].quality.template_threshold)
         passed = sum(not v["failed"] for v in per["answers"].values()) / max(1, len(per["answers"]))
         decision = a["report"]["decision"]
-        gate = "-" if name == "base" else ("promote" if decision["passed"] else "reject: " + ", ".join(decision["reasons"]))
+        verdict = "promote" if decision["passed"] else "reject: " + ", ".join(decision["reasons"])
+        gate = "-" if name == "base" else verdict
         print(f"{name:<22} {np.mean(list(ref.values())):>9.4f} {passed:>10.2f} {d.get('distinct_2', 0):>10.3f}"
               f" {d.get('template_echo', 0):>13.2f}  {gate}")
     keys = sorted(refs["filtered"].keys() & refs["unfiltered"].keys())

@@ -172,7 +172,7 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def _ingest(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
-    from iceburg_daemon.daemon import DataDirLock
+    from iceburg_daemon.lock import DataDirLock
     from iceburg_daemon.ingest import ingest_paths
     from iceburg_daemon.store import Store
 

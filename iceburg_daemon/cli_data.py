@@ -79,7 +79,8 @@ def _lineage(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     names = [f"{v['role']} v{v['version']}" + (" (champion)" if v["champion"] else "") + (" [pruned]" if v["pruned"]
              else "") for v in versions]
-    print(f"record {args.id} ({record['role']}/{record['kind']}) was trained on by: " + (", ".join(names) or "no model"))
+    print(f"record {args.id} ({record['role']}/{record['kind']}) was trained on by: "
+          + (", ".join(names) or "no model"))
     if forget:
         print(f"record {args.id} will never be trained on again" + ("" if newly else " (it already was forgotten)"))
         if result["retrain"]:
@@ -89,7 +90,7 @@ def _lineage(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _refilter(cfg: Config, *, as_json: bool) -> int:
-    from iceburg_daemon.daemon import DataDirLock
+    from iceburg_daemon.lock import DataDirLock
     from iceburg_daemon.quality.chain import FilterChain
 
     lock = DataDirLock(cfg.lock_path).acquire()
@@ -114,7 +115,7 @@ def _refilter(cfg: Config, *, as_json: bool) -> int:
 
 
 def rebuild_index(cfg: Config, *, as_json: bool) -> int:
-    from iceburg_daemon.daemon import DataDirLock
+    from iceburg_daemon.lock import DataDirLock
     from iceburg_daemon.quality.chain import FilterChain
 
     lock = DataDirLock(cfg.lock_path).acquire()

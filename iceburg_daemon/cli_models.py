@@ -77,7 +77,7 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> int:
         against = version_ref(store, row["role"], args.against) if args.against else None
         prior = row["status"]
         with store.transaction():  # evaluated again: the gate decides anew; a champion stays champion
-            store.update_run(row["id"], status=RunStatus.TRAINED.value, eval_attempts=0)
+            store.update_run(row["id"], eval_attempts=0)
         status = Evaluator(cfg, store).run_to_end(store.run(args.id), against=against,
                                                   on_progress=_progress_printer(args.json))
         if prior in (RunStatus.PUBLISHED.value,) and status == RunStatus.PROMOTED.value:

@@ -133,7 +133,8 @@ def _release(cfg: Config, store: Store, run_id: str, *, quiet: bool) -> str:
 
     install_starters(cfg.evals_dir)
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
-    say(f"{run_id}: trained; evaluating against the {'champion' if store.champion(store.run(run_id)['role']) else 'base'}")
+    against = "champion" if store.champion(store.run(run_id)["role"]) else "base"
+    say(f"{run_id}: trained; evaluating against the {against}")
     status = Evaluator(cfg, store).run_to_end(store.run(run_id), on_progress=_progress_printer(quiet))
     row = store.run(run_id)
     say(f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else "")
@@ -223,7 +224,8 @@ def _run_text(v: dict[str, Any]) -> str:
         verdict = "passed" if e["passed"] else "rejected (" + ", ".join(e["reasons"]) + ")"
         lines.append(f"  gate vs {e['baseline']}: {verdict} on {e['items']} items -> v{e['version']}")
         lines.append(f"    loss {_fmt(c.get('loss'))} vs {_fmt(b.get('loss'))}, suite pass"
-                     f" {_fmt(c.get('suite_pass_rate'))} vs {_fmt(b.get('suite_pass_rate'))}, template echo {_fmt(c.get('template_echo'))}"
+                     f" {_fmt(c.get('suite_pass_rate'))} vs {_fmt(b.get('suite_pass_rate'))}, template echo"
+                     f" {_fmt(c.get('template_echo'))}"
                      f" vs {_fmt(b.get('template_echo'))}; report {Path(v['run_dir']) / 'eval.md'}")
     if v["detail"]:
         lines.append("  detail: " + v["detail"].strip().replace("\n", "\n    ")[-1500:])

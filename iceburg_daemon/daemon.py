@@ -8,7 +8,6 @@ promotes or rejects) -> publish (move the champion's Ollama alias, on a worker t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -21,15 +20,16 @@ from typing import Any, Callable, Sequence
 from iceburg_daemon import __version__
 from iceburg_daemon.chroma_source import SourceInterrupted, sync_store
 from iceburg_daemon.config import Config
-from iceburg_daemon.errors import AlreadyRunningError, SourceError
-from iceburg_daemon.inbox import InboxWatcher, claim, pending, process_claimed, scan
-from iceburg_daemon.logs import get_logger
-from iceburg_daemon.metrics import Metrics
-from iceburg_daemon.quality.chain import FilterChain
-from iceburg_daemon.quality.embed import EmbeddingError
+from iceburg_daemon.errors import SourceError
 from iceburg_daemon.evaluate.stage import Evaluator
 from iceburg_daemon.evaluate.suites import install_starters
+from iceburg_daemon.inbox import InboxWatcher, claim, pending, process_claimed, scan
+from iceburg_daemon.lock import DataDirLock
+from iceburg_daemon.logs import get_logger
+from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.publish import PublishStage
+from iceburg_daemon.quality.chain import FilterChain
+from iceburg_daemon.quality.embed import EmbeddingError
 from iceburg_daemon.runner import Runner
 from iceburg_daemon.store import SourceHealth, Store
 from iceburg_daemon.trigger.defer import REASONS as DEFER_REASONS
@@ -38,36 +38,6 @@ from iceburg_daemon.trigger.step import TriggerStage
 
 log = get_logger("iceburgd.daemon")
 FILTER_BATCHES_PER_TICK = 4  # a long backlog is judged over several passes, so the heartbeat stays fresh
-
-
-class DataDirLock:
-    """An flock on data/iceburgd.lock: one writer per data directory. The kernel drops it if we die."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> "DataDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise AlreadyRunningError(
-                f"another iceburgd (pid {holder}) is using {self.path.parent}; stop it first"
-                " (`launchctl stop` / `kill -TERM`), or use another data_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Daemon:

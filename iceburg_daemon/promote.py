@@ -29,7 +29,8 @@ def conclude(cfg: Config, store: Store, run: Any, decision: GateDecision, report
     status = RunStatus.PROMOTED if decision.passed else RunStatus.REJECTED
     summary = {"version": version, "baseline": plan.baseline.name, "passed": decision.passed,
                "reasons": decision.reasons, "items": decision.items,
-               "candidate": report["models"][plan.candidate.name], "baseline_scores": report["models"][plan.baseline.name]}
+               "candidate": report["models"][plan.candidate.name],
+               "baseline_scores": report["models"][plan.baseline.name]}
     with store.transaction():
         if existing is None:
             store.add_version({"role": role, "version": version, "run_id": run["id"],

@@ -99,7 +99,8 @@ class PublishStage:
         for champ in self.store.champions():
             if champ["alias_version"] == champ["version"]:
                 continue
-            if champ["publish_next"] is not None and (champ["publish_next"] == NOT_RETRIED or champ["publish_next"] > now):
+            wait = champ["publish_next"]
+            if wait is not None and (wait == NOT_RETRIED or wait > now):
                 continue
             role, version = champ["role"], champ["version"]
             v = self.store.version(role, version)

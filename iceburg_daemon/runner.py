@@ -119,7 +119,42 @@ class _Active:
     last_progress: dict[str, Any] = field(default_factory=dict)
 
 
-class Runner:
+class ChildSupervisor:
+    """Stopping a supervised child, shared by the training and the evaluation supervisors: SIGTERM first (the
+    child saves what it has), SIGKILL once `stop_grace_seconds` have passed."""
+
+    cfg: Config
+    active: Any  # has run_id, proc (None: no child), stop_reason, kill_at
+
+    def poll(self) -> str | None:
+        raise NotImplementedError
+
+    def stop(self, reason: str) -> None:
+        a = self.active
+        if a is None or a.stop_reason is not None:
+            return
+        a.stop_reason = reason
+        a.kill_at = time.monotonic() + self.cfg.training.stop_grace_seconds
+        log.info("child_stopping", run=a.run_id, reason=reason)
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGTERM)
+
+    def kill_overdue(self) -> None:
+        a = self.active
+        if a is not None and a.kill_at is not None and time.monotonic() > a.kill_at and a.proc is not None \
+                and a.proc.poll() is None:
+            a.proc.kill()  # it had its grace period
+
+    def shutdown(self) -> None:
+        """Daemon stopping: the child saves its work; the run resumes at the next start."""
+        if self.active is None:
+            return
+        self.stop("shutdown")
+        while self.poll() is None:
+            time.sleep(0.1)
+
+
+class Runner(ChildSupervisor):
     """Runs one training child at a time for a supervisor (the daemon, or `train --foreground`)."""
 
     def __init__(self, cfg: Config, store: Store, *, clock: Callable[[], float] = time.time,
@@ -205,30 +240,11 @@ class Runner:
             self.stop("cancel")
         elif a.stop_reason is None and time.monotonic() > a.deadline:
             self.stop("timeout")
-        if a.kill_at is not None and time.monotonic() > a.kill_at and a.proc.poll() is None:
-            a.proc.kill()  # it had its grace period to checkpoint
+        self.kill_overdue()
         rc = a.proc.poll()
         if rc is None:
             return None
         return self._finish(a, rc).value
-
-    def stop(self, reason: str) -> None:
-        a = self.active
-        if a is None or a.stop_reason is not None:
-            return
-        a.stop_reason = reason
-        a.kill_at = time.monotonic() + self.cfg.training.stop_grace_seconds
-        log.info("run_stopping", run=a.run_id, reason=reason)
-        if a.proc.poll() is None:
-            a.proc.send_signal(signal.SIGTERM)
-
-    def shutdown(self) -> None:
-        """Daemon stopping: the child checkpoints (status interrupted) and is resumed at the next start."""
-        if self.active is None:
-            return
-        self.stop("shutdown")
-        while self.poll() is None:
-            time.sleep(0.2)
 
     def _finish(self, a: _Active, rc: int) -> RunStatus:
         self.active = None

@@ -108,7 +108,8 @@ def test_trigger_and_defer_problems_are_reported_at_once(tmp_path):
 
 def test_release_problems_are_reported_at_once(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[gate]\nalpha = 1.5\nmax_template_echo_rise = 2.0\nprimary = 'vibes'\n[registry]\nkeep_candidates = -1\n"
+    p.write_text("[gate]\nalpha = 1.5\nmax_template_echo_rise = 2.0\nprimary = 'vibes'\n"
+                 "[registry]\nkeep_candidates = -1\n"
                  "[publish]\nollama_host = 'localhost:11434'\nquantize = 'q2'\n[eval]\nbatch_size = 0\n"
                  "[surveyor.train]\nmin_steps = -1\n")
     with pytest.raises(ConfigError) as err:

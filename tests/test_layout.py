@@ -19,3 +19,10 @@ def test_only_chroma_py_imports_chromadb():
 def test_only_the_training_package_may_import_the_training_stack():
     for name in ("torch", "transformers", "peft", "trl"):
         assert all(path.startswith("training/") for path in _importers(name)), name
+
+
+def test_only_ollama_py_talks_to_ollama():
+    """Its HTTP API (blobs, create, copy, chat, embed...) is spoken in one module; the others call it."""
+    speakers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                      if re.search(r"[\"']/api/(?:embed|chat|create|copy|tags|show|delete|blobs)", p.read_text()))
+    assert speakers == ["ollama.py"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from iceburg_daemon.evaluate.plan import EvalPlan, ModelRef, harvest, make_plan,
 from iceburg_daemon.evaluate.report import evaluate_plan
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.promote import conclude
-from iceburg_daemon.runner import child_env, pid_alive, read_json
+from iceburg_daemon.runner import ChildSupervisor, child_env, pid_alive, read_json
 from iceburg_daemon.store import RunStatus, Store
 
 log = get_logger("iceburgd.evaluate")
@@ -41,7 +40,7 @@ class _Active:
     last_progress: dict[str, Any] = field(default_factory=dict)
 
 
-class Evaluator:
+class Evaluator(ChildSupervisor):
     def __init__(self, cfg: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  on_decided: Callable[[str, str, bool], None] | None = None):
         self.cfg, self.store, self.clock = cfg, store, clock
@@ -75,8 +74,10 @@ class Evaluator:
             self._reject(row, "eval_error", str(exc))
             return False
         with self.store.transaction():
-            self.store.update_run(row["id"], status=RunStatus.EVALUATING.value, supervisor_pid=os.getpid(),
-                                  eval_attempts=row["eval_attempts"] + 1)
+            if not self.store.claim_evaluation(row["id"], seen=row, pid=os.getpid(),
+                                               attempts=row["eval_attempts"] + 1):
+                log.info("eval_claimed_elsewhere", run=row["id"])  # the daemon or an `iceburgd eval` has it
+                return False
             self.store.add_event("eval_started", row["id"], now, baseline=plan.baseline.name, pending=pending)
         log.info("eval_started", run=row["id"], baseline=plan.baseline.name, pending=pending)
         proc = None
@@ -107,33 +108,19 @@ class Evaluator:
                     self.store.update_run(a.run_id, progress={**training, "phase": "evaluating", "eval": progress})
             if a.stop_reason is None and time.monotonic() > a.deadline:
                 self.stop("timeout")
-            if a.kill_at is not None and time.monotonic() > a.kill_at and a.proc.poll() is None:
-                a.proc.kill()
+            self.kill_overdue()
             if a.proc.poll() is None:
                 return None
         return self._finish(a, 0 if a.proc is None else a.proc.returncode)
-
-    def stop(self, reason: str) -> None:
-        a = self.active
-        if a is None or a.stop_reason is not None:
-            return
-        a.stop_reason = reason
-        a.kill_at = time.monotonic() + self.cfg.training.stop_grace_seconds
-        if a.proc is not None and a.proc.poll() is None:
-            a.proc.send_signal(signal.SIGTERM)
-
-    def shutdown(self) -> None:
-        if self.active is None:
-            return
-        self.stop("shutdown")
-        while self.poll() is None:
-            time.sleep(0.1)
 
     def run_to_end(self, row: Any, *, against: ModelRef | None = None,
                    on_progress: Callable[[dict[str, Any]], None] | None = None) -> str:
         """Foreground: start and wait (Ctrl-C stops the child; the run goes back to `trained`)."""
         if not self.start(row, against=against):
-            return str(self.store.run(row["id"])["status"])
+            now = self.store.run(row["id"])
+            if now["status"] == RunStatus.EVALUATING.value:
+                raise EvaluationError(f"{row['id']} is being evaluated by pid {now['supervisor_pid']}")
+            return str(now["status"])
         while True:
             try:
                 status = self.poll()

@@ -5,15 +5,12 @@ offline). No torch in the daemon."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from iceburg_daemon.errors import IceburgDaemonError
+from iceburg_daemon.errors import IceburgDaemonError, PublishError  # PublishError: any failed Ollama call
 from iceburg_daemon.quality.minhash import word_hashes
 from iceburg_daemon.quality.text import words
 
@@ -58,15 +55,13 @@ class OllamaEmbedder:
         self.dim = 0  # learnt from the first answer
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        body = json.dumps({"model": self.model, "input": texts}).encode()
-        request = urllib.request.Request(f"{self.url}/api/embed", data=body,
-                                         headers={"Content-Type": "application/json"})
+        from iceburg_daemon.ollama import OllamaClient
+
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                data = json.load(response)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            embeddings = OllamaClient(self.url, self.timeout).embed(self.model, texts)
+        except (PublishError, ValueError) as exc:
             raise EmbeddingError(f"ollama embed at {self.url} failed: {exc}") from exc
-        vectors = np.asarray(data.get("embeddings") or [], dtype=np.float32)
+        vectors = np.asarray(embeddings, dtype=np.float32)
         if vectors.shape[0] != len(texts):
             raise EmbeddingError(f"ollama returned {vectors.shape[0]} embeddings for {len(texts)} texts")
         self.dim = int(vectors.shape[1])

@@ -74,6 +74,15 @@ class RunQueries:
              RunStatus.INTERRUPTED.value))
         return cur.rowcount == 1
 
+    def claim_evaluation(self, run_id: str, *, seen: Any, pid: int, attempts: int) -> bool:
+        """-> evaluating for exactly one supervisor: only if the run is still as `seen` (status and supervisor),
+        so the daemon and an `iceburgd eval` never evaluate the same run at once."""
+        cur = self.conn.execute(
+            "UPDATE runs SET status = ?, supervisor_pid = ?, eval_attempts = ? WHERE id = ? AND status = ?"
+            " AND supervisor_pid IS ?", (RunStatus.EVALUATING.value, pid, attempts, run_id, seen["status"],
+                                         seen["supervisor_pid"]))
+        return cur.rowcount == 1
+
     def eval_record_ids(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT record_id FROM eval_records")}
 
