@@ -14,6 +14,9 @@ class EvalConfig:
     max_items: int = 2000  # held-out records scored per evaluation (newest first beyond this)
     timeout_minutes: float = 120.0  # the evaluation child is stopped after this long; the run stays `trained`
     seed: int = 0
+    # Optional pairwise judge: an Ollama model name ("" = off) compares the candidate's and the baseline's suite
+    # answers, in both orders; its win rate is reported (and gated by [gate] min_judge_win_rate when set)
+    judge_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class GateConfig:
     max_repetition_rise: float = 0.05
     max_template_echo_rise: float = 0.0
     max_empty_rise: float = 0.05
+    min_judge_win_rate: float = 0.0  # with [eval] judge_model: the candidate must win at least this share
     seed: int = 0
 
 
@@ -60,7 +64,7 @@ def validate_release(ev: EvalConfig, gate: GateConfig, reg: RegistryConfig, pub:
     if gate.min_improvement < 0 or gate.min_eval_items < 1 or gate.resamples < 100:
         problems.append("gate: min_improvement must be >= 0, min_eval_items >= 1, resamples >= 100")
     for name in ("max_pass_rate_drop", "max_distinct_2_drop", "max_repetition_rise", "max_template_echo_rise",
-                 "max_empty_rise"):
+                 "max_empty_rise", "min_judge_win_rate"):
         if not 0 <= getattr(gate, name) <= 1:
             problems.append(f"gate.{name}: must be between 0 and 1, got {getattr(gate, name)}")
     if reg.keep_candidates < 0:

@@ -33,6 +33,7 @@ class FakeOllama:
         # one-shot faults: {"create": "before"} (HTTP 500) | {"create": "midstream"} (an error line after streaming
         # began) | {"chat": "empty"} (an answer with no text); lasting: {"create_delay": "3"} (seconds per create)
         self.faults: dict[str, str] = {}
+        self.scripted: dict[str, str] = {}  # model name -> the fixed chat answer of a model nobody uploaded
         self.lock = threading.Lock()
         self._loaded: dict[str, Any] = {}
         self.port = port
@@ -97,6 +98,9 @@ class FakeOllama:
         return 200, lines + [{"status": "writing manifest"}, {"status": "success"}]
 
     def chat(self, body: dict[str, Any]) -> tuple[int, Any]:
+        if _name(body.get("model", "")) in self.scripted:  # e.g. a judge that always answers "A"
+            text = self.scripted[_name(body["model"])]
+            return 200, {"model": body["model"], "message": {"role": "assistant", "content": text}, "done": True}
         model = self.models.get(_name(body.get("model", "")))
         if model is None:
             return 404, {"error": f"model '{body.get('model')}' not found"}

@@ -42,17 +42,20 @@ def _suite(n: int = 8) -> str:
 
 
 def _home(tmp_path: Path, base: Path, ollama: FakeOllama | None, *, records: int = 80, extra: str = "",
-          trigger: str = "") -> Path:
+          trigger: str = "", evals: str = "", gate: str = "") -> Path:
+    """A tiny-model home with `records` facts ingested and the fact suite; `trigger`, `evals` and `gate` are
+    added to those sections."""
     publish = (f'[publish]\nollama_host = "{ollama.url}"\ntimeout_seconds = 30.0\nretry_base_minutes = 0.005\n'
                "retry_max_minutes = 0.01\n") if ollama else ""
     text = (TINY_TRAINING.format(base=base, epochs=3, max_steps=0).replace("[surveyor.trigger]\n",
                                                                            "[surveyor.trigger]\n" + trigger)
+            .replace("[eval]\n", "[eval]\n" + evals)
             + "[gate]\nmin_eval_items = 10\nmax_pass_rate_drop = 0.2\nmax_distinct_2_drop = 0.5\n"
-              "max_repetition_rise = 0.5\nmax_empty_rise = 0.2\n" + publish + extra)
+              "max_repetition_rise = 0.5\nmax_empty_rise = 0.2\n" + gate + publish + extra)
     cfg_path = write_config(tmp_path / "home", text)
-    evals = tmp_path / "home" / "data" / "evals"
-    evals.mkdir(parents=True, exist_ok=True)
-    (evals / "surveyor.jsonl").write_text(_suite())
+    suites = tmp_path / "home" / "data" / "evals"
+    suites.mkdir(parents=True, exist_ok=True)
+    (suites / "surveyor.jsonl").write_text(_suite())
     recs = [fact_record(f"site{i}", COLOURS[i % len(COLOURS)]) for i in range(records)]
     assert iceburgd("ingest", str(write_jsonl(tmp_path / "r.jsonl", recs)), config=cfg_path).returncode == 0
     return cfg_path
@@ -242,3 +245,22 @@ def test_a_daemon_killed_mid_chain_completes_it_exactly_once(tmp_path, tiny_base
     assert 1 <= len([r for r in ollama.requests if r == ("POST", "/api/create")]) <= 2
     assert [r for r in ollama.requests if r == ("POST", "/api/copy")] == [("POST", "/api/copy")]
     assert ollama.target("iceburg-surveyor:latest") == ollama.target("iceburg-surveyor:v1") is not None
+
+
+def test_the_optional_judge_sees_both_orders_so_position_bias_cancels(tmp_path, tiny_base, ollama):
+    """A judge that always answers "A" prefers the candidate when it is shown first and the baseline when it is
+    shown second: 1 win of 2 per prompt, a 50 % win rate, never a free pass."""
+    ollama.scripted["always-a:latest"] = "A"
+    cfg_path = _home(tmp_path, tiny_base, ollama, evals='judge_model = "always-a"\n',
+                     gate="min_judge_win_rate = 0.6\n")
+    done = iceburgd("train", "--role", "surveyor", "--foreground", "--json", config=cfg_path, timeout=600,
+                    env={"ICEBURGD_PUBLISH_ENABLED": "false"})
+    run = json.loads(done.stdout)
+    report = json.loads((Path(run["run_dir"]) / "eval.json").read_text())
+    candidate = report["models"]["candidate"]
+    assert candidate["judge_verdicts"] == 16 and candidate["judge_win_rate"] == 0.5  # 8 prompts x 2 orders
+    assert run["status"] == "rejected" and run["evaluation"]["reasons"] == ["guard_judge_win_rate"], run
+    judged = [json.loads(line) for line in (Path(run["run_dir"]) / "eval" / "results.jsonl").read_text().splitlines()
+              if '"judge"' in line]
+    assert all(j["picks"] == ["A", "A"] and not j["consistent"] for j in judged)
+    assert "Judge: the candidate won 0.5000 of 16" in (Path(run["run_dir"]) / "eval.md").read_text()

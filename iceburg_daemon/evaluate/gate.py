@@ -32,6 +32,7 @@ class Scores:
     losses: dict[str, float] = field(default_factory=dict)
     passes: dict[str, bool] = field(default_factory=dict)
     degeneration: dict[str, float] = field(default_factory=dict)
+    judge: tuple[int, int] | None = None  # candidate only: (wins, verdicts) from the pairwise judge, both orders
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ def decide(candidate: Scores, baseline: Scores, cfg: GateConfig) -> GateDecision
     if n >= max(2, cfg.min_eval_items):
         checks.append(_significance(candidate, baseline, cfg))
     checks += _guards(candidate, baseline, cfg)
+    if candidate.judge and candidate.judge[1] and cfg.min_judge_win_rate > 0:
+        rate = candidate.judge[0] / candidate.judge[1]
+        checks.append(Check("judge_win_rate", rate >= cfg.min_judge_win_rate, rate, None, cfg.min_judge_win_rate,
+                            f"the judge preferred the candidate in {candidate.judge[0]} of {candidate.judge[1]}"
+                            f" verdicts (both orders); at least {cfg.min_judge_win_rate:.0%} needed"))
     reasons = [_REASON.get(c.name, f"guard_{c.name}") for c in checks if not c.passed]
     return GateDecision(passed=not reasons, reasons=reasons, primary=cfg.primary, items=n, checks=checks)
 

@@ -129,7 +129,9 @@ def write_request(cfg: Config, plan: EvalPlan, store: Store) -> int:
     plan.eval_dir.mkdir(parents=True, exist_ok=True)
     work = todo(plan, store)
     by_key = {plan.gen_keys[i.id]: i for i in plan.suite}
+    judging = judge_todo(cfg, plan, store)
     request = {
+        "judge": judging,
         "models": [{"name": m.name, "path": m.path, "weights": m.weights} for m in plan.models],
         "loss_items": [{"hash": h, "messages": msgs} for h, msgs in plan.loss_items.items()],
         "gen_items": [{"hash": k, "messages": i.messages, "max_new_tokens": i.max_new_tokens or cfg.eval.max_new_tokens}
@@ -140,4 +142,22 @@ def write_request(cfg: Config, plan: EvalPlan, store: Store) -> int:
     tmp = plan.eval_dir / ".request.json.tmp"
     tmp.write_text(json.dumps(request))
     os.replace(tmp, plan.eval_dir / "request.json")
-    return sum(len(w["loss"]) + len(w["gen"]) for w in work.values())
+    return sum(len(w["loss"]) + len(w["gen"]) for w in work.values()) + (len(judging["todo"]) if judging else 0)
+
+
+def judge_todo(cfg: Config, plan: EvalPlan, store: Store) -> dict[str, Any] | None:
+    """The judge's part of the request: its model and host, which candidate-vs-baseline pairs it still has to
+    judge, and the answers the cache already holds (the child generates the rest first)."""
+    if not cfg.eval.judge_model:
+        return None
+    from iceburg_daemon.evaluate.judge import judge_key
+    from iceburg_daemon.ollama import resolve_host
+
+    done = store.cached_results(plan.candidate.weights, "judge")
+    keys = [k for k in dict.fromkeys(plan.gen_keys.values())
+            if judge_key(k, plan.baseline.weights) not in done]
+    answers = {m.name: {k: v["answer"] for k, v in store.cached_results(m.weights, "gen").items() if k in keys}
+               for m in (plan.candidate, plan.baseline)}
+    return {"model": cfg.eval.judge_model, "host": resolve_host(cfg.publish.ollama_host), "todo": keys,
+            "candidate": plan.candidate.name, "baseline": plan.baseline.name,
+            "baseline_weights": plan.baseline.weights, "answers": answers}

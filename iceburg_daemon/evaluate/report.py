@@ -10,6 +10,7 @@ from typing import Any
 from iceburg_daemon.config import Config
 from iceburg_daemon.evaluate.degeneration import degeneration
 from iceburg_daemon.evaluate.gate import GateDecision, Scores, decide
+from iceburg_daemon.evaluate.judge import judge_key
 from iceburg_daemon.evaluate.plan import EvalPlan, ModelRef
 from iceburg_daemon.evaluate.suites import failed_checks
 from iceburg_daemon.quality.text import answer as answer_of
@@ -33,7 +34,13 @@ def model_results(cfg: Config, plan: EvalPlan, store: Store, model: ModelRef,
         answers[item.id] = {"answer": g["answer"], "failed": failed, "finished": g.get("finished", True)}
         outputs.append({"prompt": item.prompt, "answer": g["answer"], "finished": g.get("finished", True)})
     degen = degeneration(outputs, templates, cfg.quality.template_threshold)
-    return Scores(losses, passes, degen), {"losses": losses, "answers": answers}
+    judge = None
+    if model.name == plan.candidate.name and cfg.eval.judge_model:
+        verdicts = store.cached_results(model.weights, "judge")
+        mine = [verdicts[k] for k in (judge_key(plan.gen_keys[i.id], plan.baseline.weights) for i in plan.suite)
+                if k in verdicts]
+        judge = (sum(v["wins"] for v in mine), 2 * len(mine))
+    return Scores(losses, passes, degen, judge), {"losses": losses, "answers": answers}
 
 
 def evaluate_plan(cfg: Config, plan: EvalPlan, store: Store) -> tuple[GateDecision, dict[str, Any]]:
@@ -61,8 +68,10 @@ def evaluate_plan(cfg: Config, plan: EvalPlan, store: Store) -> tuple[GateDecisi
 def summary(plan: EvalPlan, s: Scores) -> dict[str, Any]:
     held = [s.losses[h] for h in plan.held_out if h in s.losses]
     refs = [v for h, v in s.losses.items() if h.startswith("ref:")]
+    judged = {"judge_win_rate": s.judge[0] / s.judge[1] if s.judge[1] else None, "judge_verdicts": s.judge[1]} \
+        if s.judge is not None else {}
     return {"held_out_loss": _mean(held), "reference_loss": _mean(refs), "loss": _mean(list(s.losses.values())),
-            "loss_items": len(s.losses),
+            "loss_items": len(s.losses), **judged,
             "suite_pass_rate": _mean([float(p) for p in s.passes.values()]), **s.degeneration}
 
 
@@ -94,6 +103,10 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [_fmt(m.get(k)) for k in ("loss", "held_out_loss", "reference_loss", "suite_pass_rate", "distinct_2",
                                           "repeated_ngram_rate", "template_echo", "empty_rate", "unterminated_rate")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    judged = report["models"][next(iter(report["models"]))]
+    if "judge_verdicts" in judged:
+        lines += ["", f"Judge: the candidate won {_fmt(judged['judge_win_rate'])} of {judged['judge_verdicts']}"
+                      " pairwise verdicts (each pair judged in both orders)."]
     lines += ["", "## Checks", ""]
     lines += [f"- {'pass' if c['passed'] else 'FAIL'} **{c['name']}**: {c['detail']}" for c in d["checks"]]
     reg = report["regressions"]

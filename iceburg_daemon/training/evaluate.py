@@ -51,9 +51,21 @@ def _run(eval_dir: Path, req: dict[str, Any], should_stop: Any) -> int:
     device, dtype = models.pick_device(req.get("device", "auto"))
     loss_items = {i["hash"]: i for i in req["loss_items"]}
     gen_items = {i["hash"]: i for i in req["gen_items"]}
-    total = sum(len(t["loss"]) + len(t["gen"]) for t in req["todo"].values())
+    judging = req.get("judge")
+    total = sum(len(t["loss"]) + len(t["gen"]) for t in req["todo"].values()) + (len(judging["todo"]) if judging
+                                                                                 else 0)
     done = 0
+    answers = {name: dict(given) for name, given in (judging or {}).get("answers", {}).items()}
     with open(eval_dir / "results.jsonl", "a", encoding="utf-8") as out:
+
+        def emit(spec: dict[str, Any], kind: str, item: str, **fields: Any) -> None:
+            nonlocal done
+            out.write(json.dumps({"model": spec["name"], "weights": spec["weights"], "kind": kind,
+                                  "item": item, **fields}) + "\n")
+            out.flush()
+            done += 1
+            progress.update(phase=kind, model=spec["name"], done=done, total=total)
+
         for spec in req["models"]:
             todo = req["todo"].get(spec["name"], {"loss": [], "gen": []})
             if not todo["loss"] and not todo["gen"]:
@@ -63,14 +75,6 @@ def _run(eval_dir: Path, req: dict[str, Any], should_stop: Any) -> int:
             net, tok, _ = models.load_base(spec["path"], allow_download=False, dtype=dtype, attn="sdpa")
             net.to(device).eval()
             data.ensure_chat_template(tok)
-
-            def emit(kind: str, item: str, **fields: Any) -> None:
-                nonlocal done
-                out.write(json.dumps({"model": spec["name"], "weights": spec["weights"], "kind": kind,
-                                      "item": item, **fields}) + "\n")
-                out.flush()
-                done += 1
-                progress.update(phase=kind, model=spec["name"], done=done, total=total)
 
             batch = req["batch_size"]
             hashes = todo["loss"]
@@ -82,7 +86,7 @@ def _run(eval_dir: Path, req: dict[str, Any], should_stop: Any) -> int:
                 scored = item_losses(net, tok, chunk, req["max_length"], device)
                 each = (time.perf_counter() - began) / len(chunk)  # the batch's time, shared: what benchmarks sum
                 for h, (loss, tokens, why) in zip(hashes[start : start + batch], scored):
-                    emit("loss", h, loss=loss, tokens=tokens, skipped=why, seconds=round(each, 4))
+                    emit(spec, "loss", h, loss=loss, tokens=tokens, skipped=why, seconds=round(each, 4))
             by_length: dict[int, list[str]] = {}
             for h in todo["gen"]:
                 by_length.setdefault(int(gen_items[h]["max_new_tokens"]), []).append(h)
@@ -92,13 +96,49 @@ def _run(eval_dir: Path, req: dict[str, Any], should_stop: Any) -> int:
                         return EXIT_INTERRUPTED
                     chunk = [gen_items[h] for h in group[start : start + batch]]
                     began = time.perf_counter()
-                    answers = generate(net, tok, chunk, max_new, device)
+                    generated = generate(net, tok, chunk, max_new, device)
                     each = (time.perf_counter() - began) / len(chunk)
-                    for h, (text, finished, tokens) in zip(group[start : start + batch], answers):
-                        emit("gen", h, answer=text, finished=finished, tokens=tokens, seconds=round(each, 4))
+                    for h, (text, finished, tokens) in zip(group[start : start + batch], generated):
+                        emit(spec, "gen", h, answer=text, finished=finished, tokens=tokens, seconds=round(each, 4))
+                        answers.setdefault(spec["name"], {})[h] = text
             del net
+        if judging:
+            candidate = next(s for s in req["models"] if s["name"] == judging["candidate"])
+            if not _judge(judging, gen_items, answers, lambda key, verdict: emit(candidate, "judge", key, **verdict),
+                          should_stop):
+                return EXIT_INTERRUPTED
     progress.update(phase="done", done=done, total=total, finished_at=time.time())
     return EXIT_OK
+
+
+def _judge(judging: dict[str, Any], gen_items: dict[str, Any], answers: dict[str, dict[str, str]], emit: Any,
+           should_stop: Any) -> bool:
+    """Candidate vs baseline on each suite prompt, both orders, by the Ollama judge. An unreachable judge ends
+    the judging (logged in the child's log; the report says the judge was unavailable). False if stopped."""
+    from iceburg_daemon.errors import PublishError
+    from iceburg_daemon.evaluate.judge import judge_key, judge_pair
+    from iceburg_daemon.ollama import OllamaClient
+
+    client = OllamaClient(judging["host"], timeout=300)
+
+    def ask(prompt: str) -> str:
+        return client.chat(judging["model"], [{"role": "user", "content": prompt}],
+                           {"temperature": 0, "num_predict": 8})
+
+    mine, theirs = answers.get(judging["candidate"], {}), answers.get(judging["baseline"], {})
+    for key in judging["todo"]:
+        if should_stop():
+            return False
+        if key not in mine or key not in theirs:
+            continue
+        question = gen_items[key]["messages"][-1]["content"]
+        try:
+            verdict = judge_pair(ask, question, mine[key], theirs[key])
+        except PublishError as exc:
+            print(f"judge unavailable: {exc}", file=sys.stderr)
+            break
+        emit(judge_key(key, judging["baseline_weights"]), verdict)
+    return True
 
 
 def item_losses(net: Any, tok: Any, items: list[dict[str, Any]], max_length: int, device: Any
