@@ -108,12 +108,17 @@ def main() -> None:
     from iceburg_daemon.training.model import weights_hash  # noqa: E402 - hashing only (torch-free module import)
 
     merged_hash = perturbed_copy(base, run_dir / "merged")
+    (run_dir / "adapter").mkdir()  # the registry links it into the version folder; nothing reads it here
     (run_dir / "manifest.json").write_text(json.dumps({
         "merged": {"weights_sha256": merged_hash}, "base_model": {"ref": str(base), "path": str(base),
                                                                   "weights_sha256": weights_hash(base)}}))
     with store.transaction():
+        store.conn.execute("DELETE FROM runs WHERE id = 'bench-candidate'")
         store.add_run({"id": "bench-candidate", "role": "surveyor", "status": "trained", "run_dir": str(run_dir),
                        "snapshot_id": "bench", "train_count": 0, "eval_count": 0, "created_at": time.time()})
+    with store.transaction():
+        store.conn.execute("DELETE FROM eval_cache")  # cold means cold, also when --home is reused
+        store.conn.execute("DELETE FROM model_versions")
     held = len(store.held_out_records("surveyor", 10_000))
     print(f"items: {args.items} suite prompts (max_new_tokens {args.max_new_tokens}), {held} held-out records,"
           f" references included in the loss items")

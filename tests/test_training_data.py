@@ -314,3 +314,16 @@ def test_min_steps_shrinks_the_batch_then_repeats_the_data():
     assert rows_per_step(examples, tiny) == 1 and len(plan) == 30 and all(len(step) == 1 for step in plan)
     assert len(plan_steps(examples, Settings(**{**base, "max_steps": 5}, min_steps=30))) == 5  # max_steps wins
     assert plan_steps([], tiny) == []
+
+
+def test_merged_weights_keep_the_base_dtype(tmp_path):
+    """export.base_dtype reads what the base declares (transformers 5 `dtype`, older `torch_dtype`): merged
+    weights are saved in it, not in the float32 the CPU trained in."""
+    from iceburg_daemon.training.export import base_dtype
+
+    (tmp_path / "config.json").write_text('{"dtype": "bfloat16"}')
+    assert base_dtype(tmp_path) == torch.bfloat16
+    (tmp_path / "config.json").write_text('{"torch_dtype": "float16"}')
+    assert base_dtype(tmp_path) == torch.float16
+    (tmp_path / "config.json").write_text("{}")
+    assert base_dtype(tmp_path) is None
