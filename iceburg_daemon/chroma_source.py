@@ -151,7 +151,9 @@ def item_hash(item: dict[str, Any]) -> str:
 def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: float,
                command: Sequence[str] | None = None,
                should_stop: Callable[[], bool] = lambda: False) -> BatchCounts | SourceError:
-    """Snapshot, read and ingest what is new in one store; mark it healthy or unhealthy. Never raises SourceError."""
+    """Snapshot, read and ingest what is new in one store; mark it healthy or unhealthy. Never raises: an
+    unexpected exception (a bug, or data nothing foresaw) makes the store unhealthy with the same back-off as an
+    unreadable one, instead of a fresh snapshot on every pass."""
     name = f"chroma:{source.name}"
     row = store.source(name)
     failures = row["failures"] if row else 0
@@ -162,14 +164,22 @@ def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: flo
             raise SourceError("corrupted: " + "; ".join(problems))
         data = read_snapshot(snapshot, timeout=cfg.sources.timeout_seconds, command=command,
                              should_stop=should_stop)
+        return _ingest_items(cfg, store, source, data, now)
     except SourceInterrupted as exc:
         return exc
-    except SourceError as exc:
+    except Exception as exc:  # noqa: BLE001 - SourceError, or anything else: the store is unhealthy for now
+        error = exc if isinstance(exc, SourceError) else SourceError(f"internal_error: {type(exc).__name__}:"
+                                                                     f" {str(exc)[:200]}")
         delay = min(cfg.sources.backoff_seconds * 2**failures, cfg.sources.backoff_max_seconds)
         with store.transaction():
-            store.mark_source_unhealthy(name, str(exc), now=now, next_attempt=now + delay)
-            store.add_event("source_unhealthy", name, now, reason=str(exc), retry_in_s=delay)
-        return exc
+            store.mark_source_unhealthy(name, str(error), now=now, next_attempt=now + delay)
+            store.add_event("source_unhealthy", name, now, reason=str(error), retry_in_s=delay)
+        return error
+
+
+def _ingest_items(cfg: Config, store: Store, source: ChromaStoreConfig, data: dict[str, Any],
+                  now: float) -> BatchCounts:
+    name = f"chroma:{source.name}"
     known = store.known_source_items(name)
     seen: list[tuple[str, str, str]] = []
     records: list[NewRecord] = []

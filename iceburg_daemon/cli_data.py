@@ -22,7 +22,7 @@ def run_data(cfg: Config, args: argparse.Namespace) -> int:
     store = Store.open_readonly(cfg.db_path)
     try:
         if args.data_command == "stats":
-            result = dataset_view.stats(store, args.role)
+            result = dataset_view.stats(store, args.role, cfg.training.eval_percent)
             if args.json:
                 print(json.dumps(result, indent=2))
             else:

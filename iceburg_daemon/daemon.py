@@ -100,7 +100,11 @@ class Daemon:
             return
         except Exception as exc:  # noqa: BLE001 - chromadb raises many kinds; the index is derived, so rebuild
             log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
-            added = semantic.rebuild()
+            try:
+                added = semantic.rebuild()
+            except Exception as again:  # noqa: BLE001 - start anyway: the filter retries the rebuild when it needs it
+                log.error("semantic_index_rebuild_failed", error=f"{type(again).__name__}: {str(again)[:300]}")
+                return
         if added:
             log.info("semantic_index_caught_up", records=added)
 
@@ -136,8 +140,7 @@ class Daemon:
             if not once:
                 self._install_signals()
                 if serve_metrics and self.cfg.metrics.enabled:
-                    server = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
-                    log.info("metrics_serving", host=self.cfg.metrics.host, port=server.server_port)
+                    server = self._serve_metrics()
                 if self.cfg.inbox.watch and not watcher.start():
                     log.warning("inbox_watch_unavailable", fallback="rescan")
             period = min(self.cfg.daemon.heartbeat_seconds, self.cfg.inbox.rescan_seconds or 1e9)
@@ -165,6 +168,23 @@ class Daemon:
             self.close()
         return 0
 
+    def _serve_metrics(self) -> Any:
+        """The /metrics endpoint, or None when it cannot listen (say the port is taken): the daemon runs on
+        without it, and status says why (kept in the store's meta table)."""
+        assert self.store is not None
+        try:
+            server = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+        except OSError as exc:
+            problem = f"cannot listen on {self.cfg.metrics.host}:{self.cfg.metrics.port}: {exc.strerror or exc}"
+            log.error("metrics_unavailable", reason=problem)
+            with self.store.transaction():
+                self.store.set_meta("metrics_error", problem)
+            return None
+        with self.store.transaction():
+            self.store.set_meta("metrics_error", "")
+        log.info("metrics_serving", host=self.cfg.metrics.host, port=server.server_port)
+        return server
+
     def _install_signals(self) -> None:
         def handle(signum: int, _frame: FrameType | None) -> None:
             if self.stopping.is_set():
@@ -179,7 +199,7 @@ class Daemon:
     # ---- one pass --------------------------------------------------------------------------------------------
     def tick(self) -> None:
         started = time.perf_counter()
-        self.ingest_inbox()
+        self._guarded("inbox", self.ingest_inbox)
         if not self.stopping.is_set():
             self.sync_sources()
         if not self.stopping.is_set() and self.cfg.quality.mode != "paused":
@@ -192,8 +212,17 @@ class Daemon:
             self.evaluate()
         if not self.stopping.is_set():
             self.publish()
-        self.heartbeat()
+        self._guarded("heartbeat", self.heartbeat)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _guarded(stage: str, step: Callable[[], None]) -> None:
+        """A stage's unexpected error is logged and the loop goes on (retried next pass): a daemon that died
+        here would be restarted by launchd in a loop."""
+        try:
+            step()
+        except Exception:  # noqa: BLE001
+            log.exception("stage_failed", stage=stage)
 
     def ingest_inbox(self) -> None:
         assert self.store is not None

@@ -9,8 +9,11 @@ from iceburg_daemon.quality.text import answer, prompt, turns
 from iceburg_daemon.store import Store
 
 
-def stats(store: Store, role: str | None = None) -> dict[str, Any]:
-    """Per role: verdict counts by reason, and accepted records waiting for training."""
+def stats(store: Store, role: str | None = None, eval_percent: float = 10.0) -> dict[str, Any]:
+    """Per role: verdict counts by reason, and accepted training records no run has trained on yet (outside
+    the eval split: what the trigger's threshold counts)."""
+    from iceburg_daemon.trigger.state import count_new
+
     roles: dict[str, Any] = {}
     for row in store.verdict_counts(role):
         entry = roles.setdefault(row["role"], {"accepted": 0, "rejected": 0, "reasons": {}})
@@ -19,8 +22,8 @@ def stats(store: Store, role: str | None = None) -> dict[str, Any]:
         else:
             entry["rejected"] += row["n"]
             entry["reasons"][row["reason"]] = row["n"]
-    for entry in roles.values():
-        entry["waiting_for_training"] = entry["accepted"]  # a run trains on every accepted record, not a delta
+    for name, entry in roles.items():
+        entry["waiting_for_training"] = count_new(store, name, eval_percent)
     return {"roles": roles, "unfiltered": store.unfiltered_count(), "generation": store.generation()}
 
 

@@ -137,7 +137,7 @@ def process_claimed(
     # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
     result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
                          max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
-                         progress=progress)
+                         progress=progress, max_depth=cfg.inbox.max_depth)
     if result.failure is not None:
         target = cfg.quarantine_dir / path.name
         quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=clock())

@@ -18,10 +18,11 @@ from typing import Any, Callable
 from iceburg_daemon.errors import IngestError
 from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
 from iceburg_daemon.quality.secrets import may_hold_secrets, redact_value
-from iceburg_daemon.readers import iter_items
+from iceburg_daemon.readers import deeper_than, iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
 
 EXCERPT_CHARS = 200
+MAX_FILE_FAILURES = 3  # unexpected exceptions on one file before it is quarantined whole (internal_error)
 
 
 @dataclass
@@ -88,10 +89,15 @@ def ingest_file(
     batch_size: int,
     max_record_bytes: int,
     clock: Callable[[], float],
+    max_depth: int = 64,
     should_stop: Callable[[], bool] = lambda: False,
     progress: Callable[[int], None] | None = None,
 ) -> FileResult:
-    """Ingest from the row's resume point. Stops early (complete=False) when should_stop() turns true."""
+    """Ingest from the row's resume point. Stops early (complete=False) when should_stop() turns true.
+
+    A value nested deeper than `max_depth` is quarantined (too_deep) before anything walks it. An unexpected
+    exception (a bug, or input nothing foresaw) is re-raised for the caller to retry; at the MAX_FILE_FAILURES-th
+    the lines before it are kept and the file ends as a failure with reason internal_error."""
     result = FileResult(name=row["name"], file_id=row["id"])
     path, prefix = Path(row["path"]), rejects_prefix(row)
     records: list[NewRecord] = []
@@ -107,13 +113,16 @@ def ingest_file(
     try:
         items = iter_items(path, start_offset=offset, start_line=line_no, max_bytes=max_record_bytes,
                            progress=progress)
-        for line_no, offset, value in items:
+        for item_line, item_offset, value in items:
+            if not isinstance(value, Reject) and deeper_than(value, max_depth):
+                value = Reject("too_deep", f"nested deeper than {max_depth} levels ([inbox] max_depth)")
             parsed = value if isinstance(value, Reject) else parse_object(value)
             if isinstance(parsed, Reject):
-                rejections.append(Rejection(source=source, source_ref=f"{prefix}{line_no}", reason=parsed.reason,
-                                            detail=parsed.detail, excerpt=_excerpt(value), line_no=line_no))
+                rejections.append(Rejection(source=source, source_ref=f"{prefix}{item_line}", reason=parsed.reason,
+                                            detail=parsed.detail, excerpt=_excerpt(value), line_no=item_line))
             else:
-                records.append(to_new_record(parsed, source=source, source_ref=f"{row['name']}:{line_no}"))
+                records.append(to_new_record(parsed, source=source, source_ref=f"{row['name']}:{item_line}"))
+            line_no, offset = item_line, item_offset  # resume after this line: it is in the batch
             if len(records) + len(rejections) >= batch_size:
                 flush()
                 if should_stop():
@@ -121,6 +130,14 @@ def ingest_file(
     except IngestError as exc:
         flush()  # everything read before the failure is kept
         result.failure = exc
+        return result
+    except Exception as exc:  # noqa: BLE001 - re-raised until the bound, then the file is quarantined
+        failures = store.count_file_failure(row["id"])
+        if failures < MAX_FILE_FAILURES:
+            raise
+        flush()  # the lines before the one that failed
+        result.failure = IngestError("internal_error", f"{type(exc).__name__} after line {line_no} on"
+                                                       f" {failures} attempts: {str(exc)[:200]}")
         return result
     flush()
     result.complete = True
@@ -179,9 +196,17 @@ def ingest_paths(cfg: Any, store: Store, paths: list[Path], *, progress: bool = 
             report.update(outcome="already_ingested", reason=row["reason"])
             reports.append(report)
             continue
-        with _progress_bar(path, enabled=progress) as advance:
-            result = ingest_file(store, row, source="cli", batch_size=cfg.inbox.batch_size,
-                                 max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, progress=advance)
+        for attempt in range(1, MAX_FILE_FAILURES + 1):  # ingest_file raises until its bound, then gives up
+            try:
+                with _progress_bar(path, enabled=progress) as advance:
+                    result = ingest_file(store, row, source="cli", batch_size=cfg.inbox.batch_size,
+                                         max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, progress=advance,
+                                         max_depth=cfg.inbox.max_depth)
+                break
+            except Exception:  # noqa: BLE001 - retried from the committed resume point
+                if attempt == MAX_FILE_FAILURES:
+                    raise
+                row = store.file_counts(row["id"])
         if result.failure is not None:
             quarantine_whole_file(store, result, row, result.failure, source="cli", final_path=None, now=clock())
             report.update(outcome="quarantined", reason=result.failure.reason)

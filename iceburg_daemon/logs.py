@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import structlog.tracebacks
 
 LOG_FILE = "iceburgd.log"
+# Tracebacks without local variables: locals hold record contents (secrets, a 600-level nested poison line)
+NO_LOCALS = structlog.tracebacks.ExceptionDictTransformer(show_locals=False, max_frames=20)
 
 
 def configure(*, level: str = "info", log_dir: Path | None = None, max_bytes: int = 10_485_760, backups: int = 5,
@@ -36,14 +39,15 @@ def configure(*, level: str = "info", log_dir: Path | None = None, max_bytes: in
                                                             backupCount=backups, encoding="utf-8")
         file_handler.setFormatter(structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
+                        structlog.processors.ExceptionRenderer(NO_LOCALS), structlog.processors.JSONRenderer()],
             foreign_pre_chain=shared))
         _add(root, file_handler)
     if console:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())],
+                        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=(
+                            structlog.dev.RichTracebackFormatter(show_locals=False, max_frames=20)))],
             foreign_pre_chain=shared))
         _add(root, stream)
     structlog.configure(

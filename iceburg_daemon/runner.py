@@ -313,7 +313,11 @@ def _is_child_of(pid: int, run_dir: str) -> bool:
 
 
 def _stop_orphan(pid: int, grace: float) -> None:
-    os.kill(pid, signal.SIGTERM)
+    """SIGTERM, then SIGKILL after the grace; a child that is already gone (it may exit at any moment) is fine."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
     deadline = time.monotonic() + grace
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -322,7 +326,10 @@ def _stop_orphan(pid: int, grace: float) -> None:
         except ChildProcessError:
             pass
     if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -65,6 +65,10 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
 
 def _warnings(cfg: Config, store: Store, now: float) -> list[str]:
     out = []
+    metrics_error = store.meta("metrics_error")
+    if metrics_error and cfg.metrics.enabled:
+        out.append(f"no /metrics endpoint: {metrics_error} (the daemon runs on without it; free the port or set"
+                   " [metrics] port, then restart)")
     for champ in store.champions() if cfg.publish.enabled else []:
         if champ["alias_version"] != champ["version"]:
             alias = publish_name(cfg, champ["role"])

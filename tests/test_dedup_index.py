@@ -197,14 +197,15 @@ def _downgrade_to_v3(db_path):
     v3 = sqlite3.connect(":memory:")
     v3.executescript("".join(MIGRATIONS[:3]))
     tables = {r[0] for r in v3.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    run_columns = {r[1] for r in v3.execute("PRAGMA table_info(runs)")}
+    columns = {t: {r[1] for r in v3.execute(f"PRAGMA table_info({t})")} for t in tables}
     conn = sqlite3.connect(db_path)
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
         if name not in tables:
             conn.execute(f"DROP TABLE {name}")
-    for column in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]:
-        if column not in run_columns:
-            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    for table in tables:
+        for column in [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]:
+            if column not in columns[table]:
+                conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()

@@ -72,13 +72,37 @@ class FilterChain:
             n = len(rows) if limit is None else min(len(rows), limit - done)
             if n < len(rows):
                 self._ahead = None  # it starts after records this run leaves unjudged
-            for verdict in self._judge_batch(generation, features()[:n]):
+            try:
+                verdicts = self._judge_batch(generation, features()[:n])
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stall every later verdict
+                log.warning("filter_batch_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}", records=n)
+                verdicts = self._judge_one_by_one(generation, rows[:n])
+            for verdict in verdicts:
                 judged[(verdict["role"], verdict["verdict"], verdict["reason"] or "")] += 1
             self._judged_upto = (generation, rows[n - 1][0])
             done += n
             if progress:
                 progress(done)
         return judged
+
+    def _judge_one_by_one(self, generation: int, rows: list[Row]) -> list[dict[str, Any]]:
+        """After a batch failed: each record on its own (the second try); one that fails again is rejected with
+        reason filter_error and the exception named, so it is visible in `data stats` and the rest go on."""
+        self.index = DuplicateIndex(self.store, self.q)  # in-memory state of the failed batch is dropped
+        self._ahead = None
+        out = []
+        for row in rows:
+            try:
+                out += self._judge_batch(generation, extract([row], self.q))
+            except Exception as exc:  # noqa: BLE001 - the record's verdict says why
+                self.index = DuplicateIndex(self.store, self.q)
+                finding = Finding("error", "filter_error", f"{type(exc).__name__}: {str(exc)[:300]}")
+                verdict = _verdict_row(row[0], row[1], _parsed(row[2]), {}, finding, generation, self.clock())
+                with self.store.transaction():
+                    self.store.add_verdicts([verdict])
+                log.warning("filter_error", record=row[0], error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                out.append(verdict)
+        return out
 
     def _accept_all(self, should_stop: Callable[[], bool], limit: int | None,
                     progress: Callable[[int], None] | None) -> Judged:
@@ -132,6 +156,8 @@ class FilterChain:
             for f in feats:
                 scores: dict[str, Any] = {}
                 finding = self._filters(f, scores)
+                if finding is not None and finding.filter != "template" and f.template is not None:
+                    self.index.unkeep_template(f.record_id)  # rejected after it took a template slot
                 if finding is None:
                     self.index.remember(f.record_id, f.exact, f.near)  # later records of this batch see it
                 if finding is None and self.semantic is not None:
@@ -139,6 +165,9 @@ class FilterChain:
                 else:
                     verdicts.append(self._verdict(f, scores, finding, generation))
             accepted, vectors = self._semantic(waiting, verdicts, generation)
+            for v in verdicts:
+                if v["filter"] == "semantic":
+                    self.index.unkeep_template(v["record_id"])
             self.index.flush()
             self.store.add_verdicts(verdicts)
             upto = self.store.last_verdict_id()
@@ -213,6 +242,13 @@ class FilterChain:
         if q.role_checks and role_cfg.require_json:  # 9 runs before 8: semantic works a batch at a time
             return check_principle_json(f.answer)
         return None
+
+
+def _parsed(canonical: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(canonical))
+    except (ValueError, TypeError):
+        return {}
 
 
 def _verdict_row(record_id: int, role: str, record: dict[str, Any], scores: dict[str, Any],

@@ -152,6 +152,16 @@ class DuplicateIndex:
         self._add(TEMPLATE_INDEX, record_id, sketch, cluster_id)
         return None, best
 
+    def unkeep_template(self, record_id: int) -> None:
+        """A record that took a template slot was rejected by a later filter: its slot is freed, so the
+        cluster's next member is kept instead (slots count accepted records only). Its skeleton stays indexed:
+        later members still join the same cluster."""
+        entry = self._sigs[TEMPLATE_INDEX].get(record_id)
+        if entry is None or entry[0] is None:
+            return
+        self._clusters[entry[0]][1] -= 1
+        self._dirty.add(entry[0])
+
     def remember(self, record_id: int, exact: str | None, near: Sketch | None) -> None:
         """An accepted record joins the duplicate indexes (later records of the batch see it at once)."""
         if exact is not None and exact not in self._exact:

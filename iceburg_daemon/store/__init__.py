@@ -161,9 +161,6 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
         )
         return int(cur.lastrowid or 0)
 
-    def files_in_state(self, state: FileState) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM files WHERE state = ? ORDER BY id", (state.value,)).fetchall()
-
     def commit_batch(
         self,
         file_id: int,
@@ -235,6 +232,12 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
             "SELECT * FROM quarantine WHERE source_ref >= ? AND source_ref < ? ORDER BY line_no",
             (source_ref_prefix, source_ref_prefix + "\uffff"),
         ).fetchall()
+
+    def count_file_failure(self, file_id: int) -> int:
+        """One more unexpected failure while ingesting the file (its own transaction); returns the total."""
+        with self.transaction():
+            self.conn.execute("UPDATE files SET failures = failures + 1 WHERE id = ?", (file_id,))
+            return int(self.conn.execute("SELECT failures FROM files WHERE id = ?", (file_id,)).fetchone()[0])
 
     def file_counts(self, file_id: int) -> sqlite3.Row:
         return self.conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()

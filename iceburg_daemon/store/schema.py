@@ -259,4 +259,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN eval_attempts INTEGER NOT NULL DEFAULT 0;
     UPDATE runs SET status = 'trained' WHERE status = 'succeeded';
     """,
+    # v7: a file whose ingest raised unexpectedly is retried a bounded number of times, then quarantined whole
+    """
+    ALTER TABLE files ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

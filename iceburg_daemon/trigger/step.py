@@ -28,7 +28,10 @@ log = get_logger("iceburgd.trigger")
 def enqueue(cfg: Config, store: Store, role: str, *, kind: str, now: float, urgent: bool = False,
             detail: str = "") -> tuple[str, bool]:
     """Queue a run for `kind` (threshold | schedule | manual), or coalesce into the role's active run.
-    Returns (run id, created)."""
+    Returns (run id, created). A role switched off (`[<role>] enabled = false`) is refused."""
+    if not cfg.role(role).enabled:
+        raise TrainingError(f"role {role!r} is disabled ([{role}] enabled = false in the config)")
+
     def fired(run_id: str) -> None:  # inside queue_run's transaction: the run and its trigger commit together
         store.add_event("trigger_fired", role, now, trigger=kind, run=run_id, detail=detail)
         store.save_role_trigger(role, **{f"last_fire_{kind}": now})
