@@ -155,6 +155,13 @@ class Config:
     def role(self, name: str) -> RoleConfig:
         return typing.cast(RoleConfig, getattr(self, name))
 
+    @property
+    def shutdown_seconds(self) -> int:
+        """The longest an orderly shutdown takes: every child gets stop_grace_seconds at once (training and
+        evaluation are stopped together), plus a margin for the last batch and the store. launchd's ExitTimeOut
+        is set to this, so it never SIGKILLs a daemon that is still stopping in order."""
+        return int(self.training.stop_grace_seconds) + 30
+
     # Derived locations: one place names every folder under data_dir.
     @property
     def data_dir(self) -> Path:

@@ -30,7 +30,7 @@ from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.publish import PublishStage
 from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.quality.embed import EmbeddingError
-from iceburg_daemon.runner import Runner
+from iceburg_daemon.runner import Runner, remove_orphan_run_dirs
 from iceburg_daemon.store import SourceHealth, Store
 from iceburg_daemon.trigger.defer import REASONS as DEFER_REASONS
 from iceburg_daemon.trigger.state import backfill_trained
@@ -72,6 +72,8 @@ class Daemon:
         self.runners = [Runner(self.cfg, self.store, clock=self.clock, on_finish=self._run_finished)
                         for _ in range(self.cfg.training.max_concurrent_runs)]
         self.runners[0].recover()
+        for name in remove_orphan_run_dirs(self.cfg, self.store):
+            log.warning("orphan_run_folder_removed", folder=name)  # a crash between its rename and its commit
         backfill_trained(self.store)  # runs that succeeded before triggers existed: their records are not new
         self.triggers = TriggerStage(self.cfg, self.store, clock=self.clock,
                                      on_fire=lambda role, kind: self.metrics.trigger_fires.labels(
@@ -111,13 +113,12 @@ class Daemon:
     def close(self) -> None:
         if self.chain is not None:
             self.chain.close()  # feature workers, if a backlog was being judged
-        for runner in self.runners:
-            runner.stop("shutdown")  # every child checkpoints at once; their runs resume at the next start
-        for runner in self.runners:
-            runner.shutdown()
+        children = [*self.runners, *([self.evaluator] if self.evaluator else [])]
+        for child in children:
+            child.stop("shutdown")  # every child saves its work at once: one grace period for all of them
+        for child in children:
+            child.shutdown()  # runs resume from their checkpoints; an evaluation from the cache
         self.runners = []
-        if self.evaluator is not None:
-            self.evaluator.shutdown()  # its run goes back to `trained`; the cache keeps what was computed
         if self.publisher is not None:
             self.publisher.close()
         if self.store is not None:

@@ -9,7 +9,7 @@ The HTTP work runs on one worker thread (ingest and filtering go on); the loop t
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -88,8 +88,8 @@ class PublishStage:
         self.cfg, self.store, self.clock = cfg, store, clock
         self.client = client or OllamaClient(resolve_host(cfg.publish.ollama_host), cfg.publish.timeout_seconds)
         self.on_result = on_result  # (role, ok): metrics
-        self.pool: ThreadPoolExecutor | None = None
-        self.current: tuple[Job, Future[None]] | None = None
+        # The job in flight, its worker thread, and where the worker leaves its outcome ([error or None])
+        self.current: tuple[Job, threading.Thread, list[BaseException | None]] | None = None
 
     def due(self) -> list[Job]:
         """Champions whose alias does not point at them yet, and whose back-off has passed."""
@@ -113,18 +113,28 @@ class PublishStage:
 
     def step(self) -> None:
         if self.current is not None:
-            job, future = self.current
-            if not future.done():
+            job, worker, outcome = self.current
+            if worker.is_alive():
                 self._show(job)
                 return
             self.current = None
-            self.record(job, future.exception())
+            self.record(job, outcome[0] if outcome else RuntimeError("the publish worker ended without a result"))
         jobs = self.due()
         if jobs:
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
             self._started(jobs[0])
-            self.current = (jobs[0], self.pool.submit(publish, self.cfg, self.client, jobs[0]))
+            outcome: list[BaseException | None] = []
+
+            def work(job: Job = jobs[0]) -> None:
+                try:
+                    publish(self.cfg, self.client, job)
+                    outcome.append(None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the loop thread, which records it
+                    outcome.append(exc)
+
+            # A daemon thread: a shutdown does not wait for an upload (its outcome is redone at the next start)
+            worker = threading.Thread(target=work, name="publish", daemon=True)
+            worker.start()
+            self.current = (jobs[0], worker, outcome)
 
     def run_now(self, role: str | None = None, echo: Callable[[str], None] | None = None) -> list[tuple[str, bool]]:
         """In this thread (foreground `train`, `rollback`, `publish`): publish every due champion."""
@@ -144,10 +154,9 @@ class PublishStage:
         return out
 
     def close(self) -> None:
-        """Shutdown: an upload in flight is left to finish or fail on its own; its outcome is redone next start."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        """Shutdown: an upload in flight is abandoned (a daemon thread); the alias still lags the champion in
+        the store, so the next start publishes again."""
+        self.current = None
 
     def _started(self, job: Job) -> None:
         with self.store.transaction():

@@ -14,6 +14,7 @@ from typing import Any
 from iceburg_daemon.chat_formats import chat_format
 from iceburg_daemon.config import Config, publish_name
 from iceburg_daemon.errors import PublishError
+from iceburg_daemon.fsutil import fsync_path, fsync_tree
 from iceburg_daemon.store import Store
 
 
@@ -49,7 +50,7 @@ def write_version(cfg: Config, store: Store, run: Any, version: int, *, gate: di
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (staging / "Modelfile").write_text(modelfile(cfg, role, staging / "merged"))
     (staging / "README.md").write_text(model_card(manifest, publish_name(cfg, role)))
-    _fsync_dir(staging)
+    fsync_tree(staging)
     if final.exists():
         old = final.with_name(f".v{version}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -58,6 +59,7 @@ def write_version(cfg: Config, store: Store, run: Any, version: int, *, gate: di
         shutil.rmtree(old)
     else:
         os.rename(staging, final)
+    fsync_path(final.parent)  # the rename itself is durable before the store row names the folder
     return final
 
 
@@ -122,15 +124,3 @@ def _link_tree(src: Path, dst: Path) -> None:
             os.link(item, dst / item.name)
         except OSError:  # another file system, or links not allowed: a copy
             shutil.copy2(item, dst / item.name)
-
-
-def _fsync_dir(path: Path) -> None:
-    for p in [*path.rglob("*"), path]:
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,7 +19,9 @@ from typing import Any, Callable, Sequence
 
 from iceburg_daemon.config import Config, to_dict
 from iceburg_daemon.config_training import params_dict
+from iceburg_daemon import ROLES
 from iceburg_daemon.errors import TrainingError
+from iceburg_daemon.fsutil import fsync_path, fsync_tree
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.snapshot import freeze
 from iceburg_daemon.store import RunStatus, Store
@@ -84,8 +86,31 @@ def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float, 
         store.add_event("run_queued", run_id, now, role=role, reason=reason, train=snap.train_count)
         if on_queued is not None:
             on_queued(run_id)
-        os.rename(staging, run_dir)  # inside the transaction: a crash leaves neither or both
+        fsync_tree(staging)  # the dataset snapshot is on the disk before the rename publishes it
+        os.rename(staging, run_dir)  # then the row commits: a crash in between leaves a folder no row names,
+        fsync_path(run_dir.parent)   # which `remove_orphan_run_dirs` clears at the next start
     return run_id, True
+
+
+def remove_orphan_run_dirs(cfg: Config, store: Store) -> list[str]:
+    """Run folders (and staging folders) that no run row names: left by a crash between the rename and the
+    commit in queue_run. Only names this daemon creates, older than a minute (a `train` in another process may
+    be between its rename and its commit right now), and staging folders of dead processes are touched."""
+    if not cfg.runs_dir.is_dir():
+        return []
+    removed = []
+    for path in cfg.runs_dir.iterdir():
+        if not path.is_dir() or time.time() - path.stat().st_mtime < 60:
+            continue
+        if path.name.startswith(".staging-"):
+            pid = path.name.rsplit("-", 1)[-1]
+            orphan = pid.isdigit() and not pid_alive(int(pid))
+        else:
+            orphan = path.name.split("-", 1)[0] in ROLES and store.run(path.name) is None
+        if orphan:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def child_command(cfg: Config, run_dir: Path, python: str = sys.executable) -> list[str]:
@@ -267,8 +292,10 @@ class Runner(ChildSupervisor):
         detail = error.get("message") if status == RunStatus.FAILED else None
         if status == RunStatus.FAILED and not detail:
             detail = _tail(a.run_dir / "child.log")
-        # A checkpointed stop (exit 75) is not a failed attempt: sleep, restarts and shutdowns never use them up.
-        self._end(a.run_id, status, reason, detail, refund_attempt=rc == 75)
+        # A checkpointed stop (exit 75) is not a failed attempt: sleep, restarts and shutdowns never use them up;
+        # nor is a child we had to SIGKILL after its grace because we were shutting down or pausing it.
+        ours = a.stop_reason is not None and (a.stop_reason == "shutdown" or a.stop_reason.startswith("paused:"))
+        self._end(a.run_id, status, reason, detail, refund_attempt=rc == 75 or (rc < 0 and ours))
         return status
 
     def _end(self, run_id: str, status: RunStatus, reason: str | None, detail: str | None, *,

@@ -26,3 +26,21 @@ def test_only_ollama_py_talks_to_ollama():
     speakers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                       if re.search(r"[\"']/api/(?:embed|chat|create|copy|tags|show|delete|blobs)", p.read_text()))
     assert speakers == ["ollama.py"]
+
+
+def test_every_third_party_import_is_declared_in_pyproject():
+    """A package imported by the code but installed only as someone else's dependency breaks on a new install."""
+    import sys
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower().replace("-", "_")
+                for d in project["dependencies"] + [d for group in project["optional-dependencies"].values()
+                                                    for d in group]}
+    imported = set()
+    for path in PACKAGE.rglob("*.py"):
+        imported |= set(re.findall(r"^\s*(?:from|import)\s+([a-zA-Z_0-9]+)", path.read_text(), re.MULTILINE))
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("iceburg_daemon",)}
+    aliases = {"prometheus_client": "prometheus_client", "yaml": "pyyaml"}
+    missing = sorted(m for m in third_party if aliases.get(m, m).lower() not in declared)
+    assert missing == []

@@ -243,17 +243,17 @@ def test_a_metrics_port_in_use_is_logged_and_the_daemon_runs_without_it(tmp_path
         cfg = load_config(cfg_path, env={})
         daemon = spawn_daemon(cfg_path)
         try:
-            wait_until_running(cfg.db_path)
+            wait_until_running(cfg.db_path, timeout=120)
             status = wait_for(lambda: (s := json.loads(iceburgd("status", "--json", config=cfg_path).stdout))
-                              ["warnings"] and s, 30, "the warning")
+                              ["warnings"] and s, 120, "the warning")
             assert status["running"] and any(f"no /metrics endpoint: cannot listen on 127.0.0.1:{port}" in w
                                              for w in status["warnings"])
             (cfg.inbox_dir / "x.jsonl").write_text(json.dumps(fact_record("reef", "scarlet")) + "\n")
-            wait_for(lambda: json.loads(iceburgd("status", "--json", config=cfg_path).stdout)["records"], 30,
+            wait_for(lambda: json.loads(iceburgd("status", "--json", config=cfg_path).stdout)["records"], 120,
                      "the record ingested while metrics are off")
         finally:
             daemon.send_signal(signal.SIGTERM)
-            assert daemon.wait(30) == 0
+            assert daemon.wait(120) == 0
     finally:
         taken.close()
 
@@ -308,3 +308,88 @@ def test_a_semantic_index_that_cannot_be_rebuilt_at_start_does_not_stop_the_daem
         daemon.tick()
     finally:
         daemon.close()
+
+
+def test_minhash_constants_are_fixed_data_with_a_checksum():
+    """Before: drawn from numpy.random.default_rng at import, whose streams NumPy may change in any release,
+    which would silently break matching against every stored signature."""
+    import hashlib
+
+    import numpy as np
+
+    from iceburg_daemon.quality import minhash
+
+    values = np.concatenate([minhash._A, minhash._B, minhash._SHINGLE_MIX, minhash._BAND_MIX]).astype(np.uint64)
+    assert len(values) == 592 and all(int(a) % 2 == 1 for a in minhash._A)  # multiply-shift needs odd a
+    assert hashlib.sha256(values.tobytes()).hexdigest() == minhash.CONSTANTS_SHA256
+    import re
+
+    assert not re.search(r"^[^#\n]*default_rng\(", Path(minhash.__file__).read_text(), re.MULTILINE)
+
+
+def test_a_child_killed_after_its_grace_during_shutdown_does_not_use_up_an_attempt(tmp_path):
+    """Before: a child SIGKILLed because it outlived stop_grace_seconds at shutdown counted as a crashed start,
+    against docs/training.md ("restarts never use a run up")."""
+    import subprocess
+    import sys
+
+    from iceburg_daemon.runner import Runner, _Active
+
+    cfg = load_config(write_config(tmp_path / "home", "[training]\nstop_grace_seconds = 0.5\n"), env={})
+    store = Store.open(cfg.db_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with store.transaction():
+        store.add_run({"id": "r1", "role": "surveyor", "status": "running", "run_dir": str(run_dir),
+                       "snapshot_id": "s", "train_count": 1, "eval_count": 0, "created_at": 1.0, "attempts": 1})
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM,"
+                                 " signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE)
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    runner = Runner(cfg, store)
+    runner.active = _Active("r1", run_dir, stubborn, deadline=1e18)
+    runner.shutdown()  # SIGTERM is ignored; SIGKILL after the grace
+    row = store.run("r1")
+    store.close()
+    assert (row["status"], row["attempts"]) == ("interrupted", 0)
+    assert row["reason"] == "killed by SIGKILL"
+
+
+def test_sync_makes_the_wal_durable_even_while_a_reader_pins_it(cfg, monkeypatch):
+    """Before: a PASSIVE checkpoint whose result was ignored; with a reader pinning the WAL it copied (and
+    synced) nothing, so a file could be archived before its final state reached the disk."""
+    import sqlite3
+
+    import iceburg_daemon.store as store_module
+
+    store = Store.open(cfg.db_path)
+    with store.transaction():
+        store.set_meta("before", "1")
+    reader = sqlite3.connect(cfg.db_path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM meta").fetchone()  # an open read transaction pins the WAL
+    with store.transaction():
+        store.set_meta("after", "2")
+    synced = []
+    real = store_module.fsync_path
+    monkeypatch.setattr(store_module, "fsync_path", lambda p: (synced.append(Path(p).name), real(p)))
+    complete = store.sync()
+    reader.close()
+    store.close()
+    assert complete is False and synced == ["iceburgd.sqlite3-wal"]
+
+
+def test_run_folders_no_row_names_are_removed_at_start(tmp_path):
+    """A crash between queue_run's rename and its commit left a run folder no row names ("neither or both"
+    was not true); staging folders of dead processes stayed forever."""
+    cfg = load_config(write_config(tmp_path / "home"), env={})
+    orphan = cfg.runs_dir / "surveyor-20260101-000000-abcdef12"
+    staging = cfg.runs_dir / ".staging-surveyor-999999999"
+    unrelated = cfg.runs_dir / "my-notes"
+    for folder in (orphan, staging, unrelated):
+        folder.mkdir(parents=True)
+        os.utime(folder, (time.time() - 600, time.time() - 600))
+    daemon = Daemon(cfg, metrics=Metrics())
+    daemon.open()
+    daemon.close()
+    assert not orphan.exists() and not staging.exists() and unrelated.exists()

@@ -3,17 +3,24 @@ and machines."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from iceburg_daemon.quality.vocab import encode
 
-_RNG = np.random.default_rng(20261126)  # fixed: signatures are stored, so the hash family never changes
+# The hash family is data, not a random stream: signatures are stored, and NumPy does not promise that
+# default_rng's streams stay the same across versions. The values (drawn once from default_rng(20261126)) live
+# in minhash_constants.json; a test checks their SHA-256.
+_CONSTANTS = json.loads((Path(__file__).with_name("minhash_constants.json")).read_text())
 # Multiply-shift hashing: (a*x + b mod 2**64) >> 32 with odd a is universal and needs no slow modulo.
-_A = _RNG.integers(0, np.iinfo(np.uint64).max, size=256, dtype=np.uint64, endpoint=True) | np.uint64(1)
-_B = _RNG.integers(0, np.iinfo(np.uint64).max, size=256, dtype=np.uint64, endpoint=True)
+_A = np.array(_CONSTANTS["a"], dtype=np.uint64)
+_B = np.array(_CONSTANTS["b"], dtype=np.uint64)
 _SHIFT = np.uint64(32)
-_SHINGLE_MIX = _RNG.integers(1, 1 << 31, size=16, dtype=np.uint64) | np.uint64(1)
-_BAND_MIX = _RNG.integers(1, 1 << 31, size=64, dtype=np.uint64) | np.uint64(1)
+_SHINGLE_MIX = np.array(_CONSTANTS["shingle_mix"], dtype=np.uint64)
+_BAND_MIX = np.array(_CONSTANTS["band_mix"], dtype=np.uint64)
+CONSTANTS_SHA256 = "3d6fb7414b5d8829f89eac6c79df792ffd608fb484de18f507ab02e3cdf2978e"
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
 

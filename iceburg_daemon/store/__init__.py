@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from iceburg_daemon.errors import StoreError
+from iceburg_daemon.fsutil import fsync_path
 from iceburg_daemon.store.schema import MIGRATIONS
 from iceburg_daemon.store.runs import RunQueries, RunStatus  # noqa: F401 - re-exported
 from iceburg_daemon.store.releases import ReleaseQueries
@@ -142,10 +143,16 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
     def transaction(self) -> "_Tx":
         return _Tx(self.conn)
 
-    def sync(self) -> None:
-        """Make every committed transaction durable now (with synchronous = NORMAL only a checkpoint syncs): a
-        file's final state must survive a power cut before the file leaves .processing/."""
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def sync(self) -> bool:
+        """Make every committed transaction durable now: a file's final state must survive a power cut before
+        the file leaves .processing/. With synchronous = NORMAL commits are not fsynced, and a PASSIVE checkpoint
+        copies (and syncs) nothing a reader still pins, so the WAL file itself is fsynced: the committed frames
+        are then on the disk whatever the checkpoint did. Returns whether the checkpoint was complete."""
+        busy, frames, done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        wal = Path(f"{self.path}-wal")
+        if wal.exists():
+            fsync_path(wal)
+        return not busy and done >= frames
 
     # ---- files -------------------------------------------------------------------------------------------
     def file_by_path(self, path: Path, sha256: str | None = None) -> sqlite3.Row | None:
