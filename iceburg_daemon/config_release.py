@@ -29,6 +29,10 @@ class GateConfig:
     test: Literal["permutation", "bootstrap"] = "permutation"  # on per-item loss differences
     resamples: int = 10_000
     min_eval_items: int = 20  # fewer paired items than this is a rejection (too_few_items), never a pass
+    # Hand-written reference answers weigh on their own: the candidate's mean loss on them may be at most this
+    # much (relative) above the baseline's, whatever the pooled loss says. A held-out split full of template
+    # junk improved the pooled loss of a model that got worse on every hand-written item (benchmarks/flywheel.py)
+    max_reference_loss_rise: float = 0.0
     # guards: the candidate may be worse than the baseline by at most this much (absolute, on a 0-1 scale)
     max_pass_rate_drop: float = 0.05
     max_distinct_2_drop: float = 0.05
@@ -64,7 +68,7 @@ def validate_release(ev: EvalConfig, gate: GateConfig, reg: RegistryConfig, pub:
     if gate.min_improvement < 0 or gate.min_eval_items < 1 or gate.resamples < 100:
         problems.append("gate: min_improvement must be >= 0, min_eval_items >= 1, resamples >= 100")
     for name in ("max_pass_rate_drop", "max_distinct_2_drop", "max_repetition_rise", "max_template_echo_rise",
-                 "max_empty_rise", "min_judge_win_rate"):
+                 "max_empty_rise", "min_judge_win_rate", "max_reference_loss_rise"):
         if not 0 <= getattr(gate, name) <= 1:
             problems.append(f"gate.{name}: must be between 0 and 1, got {getattr(gate, name)}")
     if reg.keep_candidates < 0:

@@ -127,3 +127,19 @@ def test_mcnemar_counts_discordant_pairs_and_drives_a_suite_primary() -> None:
     d = decide(Scores(passes=cand), Scores(passes=base), cfg)
     assert d.passed and d.items == 30
     assert not decide(Scores(passes=base), Scores(passes=cand), cfg).passed
+
+
+def test_hand_written_references_weigh_on_their_own():
+    """A held-out split full of template junk can carry the pooled loss while every hand-written reference
+    gets worse (what benchmarks/flywheel.py measured for the unfiltered run): that is a rejection."""
+    junk = {f"junk{i}": 3.0 for i in range(30)}
+    refs = {f"ref:{i}": 3.3 for i in range(20)}
+    baseline = Scores(losses={**junk, **refs})
+    candidate = Scores(losses={**{k: 1.5 for k in junk}, **{k: 3.35 for k in refs}})  # junk learnt, refs worse
+    d = decide(candidate, baseline, CFG)
+    assert d.reasons == ["guard_reference_loss"]
+    check = next(c for c in d.checks if c.name == "reference_loss")
+    assert check.candidate == pytest.approx(3.35) and "lower on 0" in check.detail
+    better = Scores(losses={**{k: 1.5 for k in junk}, **{k: 3.1 for k in refs}})
+    assert decide(better, baseline, CFG).passed
+    assert decide(candidate, baseline, GateConfig(max_reference_loss_rise=0.05)).passed  # 1.5 % allowed

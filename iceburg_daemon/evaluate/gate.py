@@ -100,6 +100,16 @@ def decide(candidate: Scores, baseline: Scores, cfg: GateConfig) -> GateDecision
     if n >= max(2, cfg.min_eval_items):
         checks.append(_significance(candidate, baseline, cfg))
     checks += _guards(candidate, baseline, cfg)
+    refs = sorted(k for k in candidate.losses.keys() & baseline.losses.keys() if k.startswith("ref:"))
+    if refs and cfg.primary == "loss":
+        c = float(np.mean([candidate.losses[k] for k in refs]))
+        b = float(np.mean([baseline.losses[k] for k in refs]))
+        rise = (c - b) / b if b > 0 else 0.0
+        wins = sum(candidate.losses[k] < baseline.losses[k] for k in refs)
+        checks.append(Check("reference_loss", rise <= cfg.max_reference_loss_rise + 1e-12, c, b,
+                            cfg.max_reference_loss_rise,
+                            f"mean loss on {len(refs)} hand-written references {c:.4f} vs {b:.4f} ({rise:+.1%};"
+                            f" lower on {wins}); at most {cfg.max_reference_loss_rise:+.1%} allowed"))
     if candidate.judge and candidate.judge[1] and cfg.min_judge_win_rate > 0:
         rate = candidate.judge[0] / candidate.judge[1]
         checks.append(Check("judge_win_rate", rate >= cfg.min_judge_win_rate, rate, None, cfg.min_judge_win_rate,
