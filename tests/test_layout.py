@@ -44,3 +44,12 @@ def test_every_third_party_import_is_declared_in_pyproject():
     aliases = {"prometheus_client": "prometheus_client", "yaml": "pyyaml"}
     missing = sorted(m for m in third_party if aliases.get(m, m).lower() not in declared)
     assert missing == []
+
+
+def test_nothing_unpickles_or_runs_a_shell():
+    """Only safetensors and plain tensors are loaded (torch.load with weights_only=True), no pickle, no shell."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
+        assert not re.search(r"^\s*import pickle|pickle\.loads?\(|shell=True", text, re.MULTILINE), path

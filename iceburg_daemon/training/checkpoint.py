@@ -14,6 +14,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from iceburg_daemon.fsutil import fsync_path
+
 KEEP = 2
 
 
@@ -31,9 +33,9 @@ def save(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     for f in tmp.iterdir():
-        _fsync(f)
+        fsync_path(f)
     os.rename(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -49,17 +51,9 @@ def latest(run_dir: Path) -> Path | None:
 
 def load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
-    saved = torch.load(path / "trainer.pt", weights_only=False)
+    saved = torch.load(path / "trainer.pt", weights_only=True)  # plain tensors and numbers: nothing to unpickle
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     random.setstate(saved["python_rng"])
     return dict(json.loads((path / "state.json").read_text()))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
