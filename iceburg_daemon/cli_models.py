@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable
 
 from iceburg_daemon import ROLES
+from iceburg_daemon.cli_train import emit
 from iceburg_daemon.config import Config, publish_name
 from iceburg_daemon.errors import EvaluationError, RegistryError
 from iceburg_daemon.store import RunStatus, Store
@@ -75,20 +76,15 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> int:
                                  RunStatus.PUBLISH_FAILED.value):
             raise EvaluationError(f"{args.id} is {row['status']}: only a trained run can be evaluated")
         against = version_ref(store, row["role"], args.against) if args.against else None
-        prior = row["status"]
         with store.transaction():  # evaluated again: the gate decides anew; a champion stays champion
             store.update_run(row["id"], eval_attempts=0)
         status = Evaluator(cfg, store).run_to_end(store.run(args.id), against=against,
-                                                  on_progress=_progress_printer(args.json))
-        if prior in (RunStatus.PUBLISHED.value,) and status == RunStatus.PROMOTED.value:
-            with store.transaction():  # it was already serving: nothing to publish again
-                store.update_run(row["id"], status=prior)
-            status = prior
+                                                  on_progress=progress_printer(args.json))
         summary = json.loads(store.run(args.id)["evaluation"] or "null")
     finally:
         store.close()
     report = (cfg.runs_dir / args.id / "eval.md")
-    _emit(args.json, {"id": args.id, "status": status, "evaluation": summary},
+    emit(args.json, {"id": args.id, "status": status, "evaluation": summary},
           report.read_text() if report.exists() else f"{args.id}: {status}")
     return EXIT_OK
 
@@ -103,7 +99,7 @@ def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         store.close()
     published = _publish_now(cfg, role, args.json)
-    _emit(args.json, {"id": args.id, "role": role, "version": version, "forced": True, "published": published},
+    emit(args.json, {"id": args.id, "role": role, "version": version, "forced": True, "published": published},
           f"{role}: v{version} is the champion (forced: {args.reason})" + _published_note(cfg, role, published))
     return EXIT_OK
 
@@ -117,7 +113,7 @@ def cmd_rollback(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         store.close()
     published = _publish_now(cfg, args.role, args.json)
-    _emit(args.json, {"role": args.role, "from": old, "to": new, "published": published},
+    emit(args.json, {"role": args.role, "from": old, "to": new, "published": published},
           f"{args.role}: champion v{old} -> v{new}" + _published_note(cfg, args.role, published))
     return EXIT_OK if published is not False else EXIT_FAILURE
 
@@ -135,7 +131,7 @@ def cmd_publish(cfg: Config, args: argparse.Namespace) -> int:
         rows = {c["role"]: dict(c) for c in store.champions()}
     finally:
         store.close()
-    _emit(args.json, {"published": [{"role": r, "ok": ok, "error": rows[r]["publish_error"]} for r, ok in results]},
+    emit(args.json, {"published": [{"role": r, "ok": ok, "error": rows[r]["publish_error"]} for r, ok in results]},
           "\n".join(f"{r}: {'published' if ok else 'failed: ' + str(rows[r]['publish_error'])}" for r, ok in results)
           or "nothing to publish: every champion's alias already points at it")
     return EXIT_OK if all(ok for _, ok in results) else EXIT_FAILURE
@@ -148,7 +144,7 @@ def cmd_models(cfg: Config, args: argparse.Namespace) -> int:
             roles = [args.role] if args.role else ROLES
             out = [model_view(cfg, store, role) for role in roles]
             out = [o for o in out if o["versions"] or o["champion"]]
-            _emit(args.json, {"roles": out}, "\n".join(_models_text(o) for o in out) or "no model versions yet")
+            emit(args.json, {"roles": out}, "\n".join(_models_text(o) for o in out) or "no model versions yet")
             return EXIT_OK
         champ = store.champion(args.role)
         version = args.version or (champ["version"] if champ else None)
@@ -158,7 +154,7 @@ def cmd_models(cfg: Config, args: argparse.Namespace) -> int:
         manifest_path = cfg.models_dir / args.role / f"v{version}" / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
         view = {**_version_view(row, champ), "manifest": manifest}
-        _emit(args.json, view, json.dumps(view, indent=2) if manifest is None else _show_text(view))
+        emit(args.json, view, json.dumps(view, indent=2) if manifest is None else _show_text(view))
         return EXIT_OK
     finally:
         store.close()
@@ -230,7 +226,7 @@ def _published_note(cfg: Config, role: str, published: bool | None) -> str:
     return f"; Ollama {publish_name(cfg, role)} NOT moved yet (publish_pending: the daemon retries; see `models list`)"
 
 
-def _progress_printer(as_json: bool) -> Callable[[dict[str, Any]], None] | None:
+def progress_printer(as_json: bool) -> Callable[[dict[str, Any]], None] | None:
     if as_json or not sys.stderr.isatty():
         return None
     last: list[str] = []
@@ -244,5 +240,3 @@ def _progress_printer(as_json: bool) -> Callable[[dict[str, Any]], None] | None:
     return show
 
 
-def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if as_json else text)

@@ -63,7 +63,7 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
             status = request_cancel(store, args.id, time.time())
         finally:
             store.close()
-        _emit(args.json, {"id": args.id, "status": status}, f"{args.id}: {status}")
+        emit(args.json, {"id": args.id, "status": status}, f"{args.id}: {status}")
         return EXIT_OK
     if args.role is None:
         print("iceburgd: train needs --role ROLE (or `train cancel ID`)", file=sys.stderr)
@@ -85,7 +85,7 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
             if left > 0:
                 print(f"note: {args.role} ran recently; the run waits for the cooldown ({span(left)} left,"
                       f" [{args.role}.trigger] min_interval_minutes) unless queued with --now", file=sys.stderr)
-            _emit(args.json, {"id": run_id, "created": created, "status": row["status"], "urgent": bool(row["urgent"]),
+            emit(args.json, {"id": run_id, "created": created, "status": row["status"], "urgent": bool(row["urgent"]),
                               "train": row["train_count"], "eval": row["eval_count"]},
                   f"{run_id}: {what}; {row['train_count']} train / {row['eval_count']} eval records")
             return EXIT_OK
@@ -93,7 +93,7 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
         if status == RunStatus.TRAINED.value:  # the whole chain, here: evaluate, gate, promote, publish
             status = _release(cfg, store, run_id, quiet=args.json)
         row = store.run(run_id)
-        _emit(args.json, _run_view(row), f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else ""))
+        emit(args.json, _run_view(row), f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else ""))
         return EXIT_OK if status in (RunStatus.PROMOTED.value, RunStatus.PUBLISHED.value) else EXIT_FAILURE
     finally:
         store.close()
@@ -126,7 +126,7 @@ def _foreground(cfg: Config, store: Store, run_id: str, *, progress: bool) -> st
 
 
 def _release(cfg: Config, store: Store, run_id: str, *, quiet: bool) -> str:
-    from iceburg_daemon.cli_models import _progress_printer
+    from iceburg_daemon.cli_models import progress_printer
     from iceburg_daemon.evaluate.stage import Evaluator
     from iceburg_daemon.evaluate.suites import install_starters
     from iceburg_daemon.publish import PublishStage
@@ -135,7 +135,7 @@ def _release(cfg: Config, store: Store, run_id: str, *, quiet: bool) -> str:
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
     against = "champion" if store.champion(store.run(run_id)["role"]) else "base"
     say(f"{run_id}: trained; evaluating against the {against}")
-    status = Evaluator(cfg, store).run_to_end(store.run(run_id), on_progress=_progress_printer(quiet))
+    status = Evaluator(cfg, store).run_to_end(store.run(run_id), on_progress=progress_printer(quiet))
     row = store.run(run_id)
     say(f"{run_id}: {status}" + (f" ({row['reason']})" if row["reason"] else "")
         + f"; report {Path(row['run_dir']) / 'eval.md'}")
@@ -247,7 +247,7 @@ def run_base(cfg: Config, args: argparse.Namespace) -> int:
     root = cfg.base_models_dir
     if args.base_command == "list":
         names = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
-        _emit(args.json, {"bases": names, "dir": str(root)}, "\n".join(names) or f"no base models in {root}")
+        emit(args.json, {"bases": names, "dir": str(root)}, "\n".join(names) or f"no base models in {root}")
         return EXIT_OK
     path, name = args.path, args.name
     if args.default:
@@ -256,7 +256,7 @@ def run_base(cfg: Config, args: argparse.Namespace) -> int:
         raise TrainingError("give PATH and --name NAME, or --default")
     out = root / name
     if (out / "config.json").is_file():
-        _emit(args.json, {"name": name, "path": str(out), "created": False}, f"{name}: already imported ({out})")
+        emit(args.json, {"name": name, "path": str(out), "created": False}, f"{name}: already imported ({out})")
         return EXIT_OK
     if not Path(path).is_file():
         raise TrainingError(f"{path}: no such GGUF file")
@@ -269,7 +269,7 @@ def run_base(cfg: Config, args: argparse.Namespace) -> int:
                           text=True, check=False)  # on a terminal the child's progress bars show
     if done.returncode != 0:
         raise TrainingError(f"import failed (exit {done.returncode}): {(done.stderr or '').strip()[-1500:]}")
-    _emit(args.json, {"name": name, "path": str(out), "created": True}, f"{name}: imported to {out}")
+    emit(args.json, {"name": name, "path": str(out), "created": True}, f"{name}: imported to {out}")
     return EXIT_OK
 
 
@@ -281,5 +281,6 @@ def default_gguf() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2) if as_json else text)
+def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """A command's result: JSON with --json, else the text for people."""
+    print(json.dumps(data, indent=2, default=str) if as_json else text)

@@ -4,13 +4,14 @@ retention. Also the two manual moves: `promote --force` and `rollback`."""
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from iceburg_daemon.config import Config
 from iceburg_daemon.errors import RegistryError
 from iceburg_daemon.evaluate.gate import GateDecision
 from iceburg_daemon.logs import get_logger
-from iceburg_daemon.registry import remove_files, write_version
+from iceburg_daemon.registry import write_version
 from iceburg_daemon.store import RunStatus, Store
 
 log = get_logger("iceburgd.promote")
@@ -27,6 +28,9 @@ def conclude(cfg: Config, store: Store, run: Any, decision: GateDecision, report
     gate = decision.to_dict()
     path = write_version(cfg, store, run, version, gate=gate, report=report, parent=parent, now=now)
     status = RunStatus.PROMOTED if decision.passed else RunStatus.REJECTED
+    champ = store.champion(role)
+    if decision.passed and champ is not None and champ["version"] == version == champ["alias_version"]:
+        status = RunStatus.PUBLISHED  # evaluated again while it serves: nothing left to publish
     summary = {"version": version, "baseline": plan.baseline.name, "passed": decision.passed,
                "reasons": decision.reasons, "items": decision.items,
                "candidate": report["models"][plan.candidate.name],
@@ -113,7 +117,8 @@ def prune(cfg: Config, store: Store, role: str, now: float) -> list[int]:
     pruned = []
     for v in store.versions(role):
         if v["pruned_at"] is None and v["version"] not in keep:
-            remove_files(cfg.models_dir / role / f"v{v['version']}")
+            # the folder goes; its hard-linked weights stay with the run folder until that goes too
+            shutil.rmtree(cfg.models_dir / role / f"v{v['version']}", ignore_errors=True)
             with store.transaction():
                 store.update_version(role, v["version"], pruned_at=now)
                 store.add_event("version_pruned", role, now, version=v["version"])

@@ -8,8 +8,8 @@ The HTTP work runs on one worker thread (ingest and filtering go on); the loop t
 
 from __future__ import annotations
 
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +38,7 @@ class Job:
     created: bool  # the tag was created before (a rollback target): only the smoke test and the alias move
     progress: list[str] = field(default_factory=list)
     prune: list[int] = field(default_factory=list)  # versions retention removed whose Ollama tags go too
+    shown: str = ""  # the progress line last written to the store
 
 
 def version_tag(role: str, version: int) -> str:
@@ -164,9 +165,12 @@ class PublishStage:
         log.info("publish_started", role=job.role, tag=job.tag, alias=job.alias)
 
     def _show(self, job: Job) -> None:
-        with self.store.transaction():
-            self.store.update_champion(job.role, publish_error=f"publishing: {job.progress[-1]}" if job.progress
-                                       else "publishing")
+        """The worker's latest step into the store for `status`: written when it changes, not every pass."""
+        text = f"publishing: {job.progress[-1]}" if job.progress else "publishing"
+        if text != job.shown:
+            job.shown = text
+            with self.store.transaction():
+                self.store.update_champion(job.role, publish_error=text)
 
     def record(self, job: Job, error: BaseException | None) -> bool:
         now = self.clock()

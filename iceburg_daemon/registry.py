@@ -109,11 +109,6 @@ def model_card(m: dict[str, Any], alias: str) -> str:
             f" records with `iceburgd data which-models RECORD_ID`; undo with `iceburgd rollback {m['role']}`.\n")
 
 
-def remove_files(path: Path) -> None:
-    """Retention: the folder goes (its hard links do not free the run folder's copy, which goes with it)."""
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _link_tree(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True)
     for item in src.iterdir():
