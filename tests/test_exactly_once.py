@@ -10,6 +10,7 @@ import pytest
 
 from iceburg_daemon.config import load_config
 from iceburg_daemon.formats import Reject, content_hash, parse_object
+from iceburg_daemon.errors import StoreError
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import chat_lines, iceburgd, spawn_daemon, write_config, write_jsonl
 
@@ -29,9 +30,10 @@ def _dataset(n_files=4, per_file=25000):
 
 
 def _stored(cfg) -> int:
-    if not cfg.db_path.exists():
+    try:
+        store = Store.open_readonly(cfg.db_path)
+    except StoreError:  # not there yet, or the daemon is creating its schema this instant
         return 0
-    store = Store.open_readonly(cfg.db_path)
     try:
         return store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
     finally:

@@ -27,6 +27,9 @@ def test_store_is_private_wal_and_migrated_once(tmp_path):
 def test_readonly_connections_cannot_write_and_need_a_store(tmp_path):
     with pytest.raises(StoreError, match="not been initialised"):
         Store.open_readonly(tmp_path / "none.sqlite3")
+    sqlite3.connect(tmp_path / "s.sqlite3").close()  # the file a starting daemon has created, schema not yet in it
+    with pytest.raises(StoreError, match="is being created"):
+        Store.open_readonly(tmp_path / "s.sqlite3")
     Store.open(tmp_path / "s.sqlite3").close()
     ro = Store.open_readonly(tmp_path / "s.sqlite3")
     with pytest.raises(sqlite3.OperationalError):

@@ -118,9 +118,14 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
             raise StoreError(f"no store at {path}: the daemon has not been initialised (run `iceburgd run` once)")
         try:
             conn = _connect(f"file:{path}?mode=ro", readonly=True)
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot read store {path}: {exc}") from exc
+        if version < len(MIGRATIONS):
+            # A reader never migrates: the daemon is creating the store right now, or an older one is running.
+            conn.close()
+            state = "is being created" if version == 0 else f"has schema v{version}, older than this iceburgd"
+            raise StoreError(f"store {path} {state} (v{len(MIGRATIONS)}); start `iceburgd run` and retry")
         return cls(conn, path, readonly=True)
 
     def close(self) -> None:
