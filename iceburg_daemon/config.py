@@ -30,6 +30,8 @@ class PathsConfig:
 @dataclass(frozen=True)
 class InboxConfig:
     settle_seconds: float = 0.5  # a file is claimed once its mtime is at least this old
+    open_settle_seconds: float = 900.0  # ... or this old while another process still holds it open for writing
+    late_append_watch_seconds: float = 3600.0  # archived files are watched this long for lines appended late
     rescan_seconds: float = 5.0  # full rescan period; watchdog events only wake the loop early
     watch: bool = True  # use watchdog for wake-ups (the rescan still runs)
     after_ingest: Literal["archive", "delete"] = "archive"

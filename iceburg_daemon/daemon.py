@@ -23,7 +23,7 @@ from iceburg_daemon.config import Config
 from iceburg_daemon.errors import SourceError
 from iceburg_daemon.evaluate.stage import Evaluator
 from iceburg_daemon.evaluate.suites import install_starters
-from iceburg_daemon.inbox import InboxWatcher, claim, pending, process_claimed, scan
+from iceburg_daemon.inbox import InboxWatcher, claim, ingest_late_appends, pending, process_claimed, scan
 from iceburg_daemon.lock import DataDirLock
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.metrics import Metrics
@@ -227,7 +227,8 @@ class Daemon:
 
     def ingest_inbox(self) -> None:
         assert self.store is not None
-        found = scan(self.cfg.inbox_dir, now=self.clock(), settle_seconds=self.cfg.inbox.settle_seconds)
+        found = scan(self.cfg.inbox_dir, now=self.clock(), settle_seconds=self.cfg.inbox.settle_seconds,
+                     open_settle_seconds=self.cfg.inbox.open_settle_seconds)
         self._settles_in = found.settles_in
         for path, reason in found.skipped:
             if (str(path), reason) not in self._skipped_reported:  # report once, not on every rescan
@@ -248,6 +249,10 @@ class Daemon:
                 self._ingest_one(path)
             except Exception:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
                 log.exception("stage_failed", stage="ingest", file=path.name)
+        for late in ingest_late_appends(self.cfg, self.store, clock=self.clock, should_stop=self.stopping.is_set):
+            self.metrics.count(late.counts, "inbox")
+            log.warning("late_append", file=late.name, stored=late.counts.total_stored,
+                        duplicates=late.counts.duplicates, quarantined=sum(late.counts.quarantined.values()))
         self.metrics.inbox_backlog.set(len(pending(self.cfg.processing_dir)) + found.waiting)
 
     def _ingest_one(self, path: Path) -> None:
@@ -265,6 +270,9 @@ class Daemon:
         elif result.complete:
             self.metrics.files.labels(outcome="ingested").inc()
             log.info("file_ingested", **summary)
+        elif result.held_open:
+            if result.counts.total_stored or result.counts.duplicates or result.counts.quarantined:
+                log.info("file_followed", **summary)  # its writer holds it open: read on each pass until closed
         else:
             log.info("file_checkpointed", **summary)  # stopped mid-file; the next start resumes it
 

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from iceburg_daemon.config import Config
 from iceburg_daemon.ingest import FileResult, ingest_file, quarantine_whole_file, register_file, write_rejects_file
+from iceburg_daemon.open_files import held_for_writing
+from iceburg_daemon.readers import file_kind
 from iceburg_daemon.store import FileState, Store
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
@@ -25,13 +27,16 @@ IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 @dataclass
 class ScanResult:
     ready: list[Path] = field(default_factory=list)  # settled regular files, oldest first
-    waiting: int = 0  # files still being written (mtime too recent)
+    waiting: int = 0  # files still being written (mtime too recent, or held open by their writer)
+    held_open: int = 0  # of those, files another process holds open for writing
     settles_in: float | None = None  # seconds until the first waiting file settles
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason) never claimed
 
 
-def scan(inbox: Path, *, now: float, settle_seconds: float) -> ScanResult:
-    """What in the inbox can be claimed now. A file is settled once its mtime is settle_seconds old."""
+def scan(inbox: Path, *, now: float, settle_seconds: float, open_settle_seconds: float | None = None,
+         held: Callable[[list[Path]], set[Path] | None] = held_for_writing) -> ScanResult:
+    """What in the inbox can be claimed now. A file is settled once its mtime is settle_seconds old, or
+    open_settle_seconds old while a process holds it open for writing (None: do not ask, as status does)."""
     result = ScanResult()
     try:
         entries = list(os.scandir(inbox))
@@ -55,6 +60,12 @@ def scan(inbox: Path, *, now: float, settle_seconds: float) -> ScanResult:
             result.settles_in = wait if result.settles_in is None else min(result.settles_in, wait)
         else:
             found.append((st.st_mtime, Path(entry.path)))
+    if open_settle_seconds is not None:
+        recent = [p for mtime, p in found if now - mtime < open_settle_seconds]
+        writing = (held(recent) or set()) if recent else set()
+        found = [(mtime, p) for mtime, p in found if p not in writing]
+        result.waiting += len(writing)
+        result.held_open = len(writing)
     result.ready = [p for _, p in sorted(found)]
     return result
 
@@ -128,16 +139,30 @@ def process_claimed(
     clock: Callable[[], float],
     should_stop: Callable[[], bool],
     progress: Callable[[int], None] | None = None,
+    held: Callable[[list[Path]], set[Path] | None] = held_for_writing,
 ) -> FileResult | None:
-    """Ingest one claimed file to the end (or until asked to stop) and move it on. Safe to call again."""
-    row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
+    """Ingest one claimed file to the end (or until asked to stop) and move it on. Safe to call again.
+
+    A file that grew while it was read is read on; one that a process still holds open for writing stays in
+    .processing/ (read up to its last whole line on every pass) until its writer closes it."""
+    # Claimed names are unique, so the path alone finds the row: the content may have grown since registration.
+    row = store.file_by_path(path) or register_file(store, path, name=original_name(path), origin="inbox",
+                                                    now=clock())
     if row["state"] == FileState.DONE.value or row["state"] == FileState.QUARANTINED.value:
         _move(store, path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
         return None
-    # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
-    result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
-                         max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
-                         progress=progress, max_depth=cfg.inbox.max_depth)
+    appendable = file_kind(path) == "jsonl"  # a byte offset in the file itself: growth can be read on
+    while True:
+        writing = appendable and path in (held([path]) or set())
+        # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
+        result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
+                             max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
+                             progress=progress, max_depth=cfg.inbox.max_depth, whole_lines=writing)
+        row = store.file_counts(row["id"])
+        if writing and result.complete:
+            result.complete, result.held_open = False, True
+        if not (appendable and result.complete and _size(path) > row["byte_offset"]) or should_stop():
+            break
     if result.failure is not None:
         target = cfg.quarantine_dir / path.name
         quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=clock())
@@ -154,6 +179,34 @@ def process_claimed(
                             duplicates=final["duplicates"], quarantined=final["quarantined"])
         _move(store, path, target)
     return result
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def ingest_late_appends(cfg: Config, store: Store, *, clock: Callable[[], float],
+                        should_stop: Callable[[], bool]) -> list[FileResult]:
+    """Lines appended to an archived file (a writer that held it open where the platform could not tell, or
+    that wrote after a long pause) are ingested from where reading stopped, and recorded as late_append."""
+    results = []
+    for row in store.archived_since(clock() - cfg.inbox.late_append_watch_seconds):
+        archived = Path(row["final_path"])
+        if should_stop() or file_kind(archived) != "jsonl" or _size(archived) <= row["byte_offset"]:
+            continue
+        result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size, path=archived,
+                             max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
+                             max_depth=cfg.inbox.max_depth)
+        after = store.file_counts(row["id"])
+        with store.transaction():
+            store.add_event("late_append", row["name"], clock(), archived=archived.name,
+                            lines=after["line_no"] - row["line_no"], stored=result.counts.total_stored)
+        write_rejects_file(store, after, cfg.quarantine_dir)
+        results.append(result)
+    return results
 
 
 class InboxWatcher:

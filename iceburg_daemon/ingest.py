@@ -32,6 +32,7 @@ class FileResult:
     counts: BatchCounts = field(default_factory=BatchCounts)
     complete: bool = False  # every line stored or quarantined
     failure: IngestError | None = None  # the rest of the file could not be read
+    held_open: bool = False  # read to its last whole line, but a process still holds it open for writing
 
 
 def sha256_of(path: Path) -> tuple[str, int]:
@@ -92,14 +93,18 @@ def ingest_file(
     max_depth: int = 64,
     should_stop: Callable[[], bool] = lambda: False,
     progress: Callable[[int], None] | None = None,
+    path: Path | None = None,
+    whole_lines: bool = False,
 ) -> FileResult:
     """Ingest from the row's resume point. Stops early (complete=False) when should_stop() turns true.
 
     A value nested deeper than `max_depth` is quarantined (too_deep) before anything walks it. An unexpected
     exception (a bug, or input nothing foresaw) is re-raised for the caller to retry; at the MAX_FILE_FAILURES-th
-    the lines before it are kept and the file ends as a failure with reason internal_error."""
+    the lines before it are kept and the file ends as a failure with reason internal_error.
+    `path` reads the file where it lies now (an archived file that grew); `whole_lines` leaves an unterminated
+    last line for later (its writer still holds the file open)."""
     result = FileResult(name=row["name"], file_id=row["id"])
-    path, prefix = Path(row["path"]), rejects_prefix(row)
+    path, prefix = path or Path(row["path"]), rejects_prefix(row)
     records: list[NewRecord] = []
     rejections: list[Rejection] = []
     offset, line_no = row["byte_offset"], row["line_no"]
@@ -112,7 +117,7 @@ def ingest_file(
 
     try:
         items = iter_items(path, start_offset=offset, start_line=line_no, max_bytes=max_record_bytes,
-                           progress=progress)
+                           progress=progress, whole_lines=whole_lines)
         for item_line, item_offset, value in items:
             if not isinstance(value, Reject) and deeper_than(value, max_depth):
                 value = Reject("too_deep", f"nested deeper than {max_depth} levels ([inbox] max_depth)")

@@ -69,7 +69,8 @@ def _open_binary(path: Path, kind: str) -> tuple[IO[bytes], IO[bytes]]:
 
 
 def iter_items(path: Path, *, start_offset: int, start_line: int, max_bytes: int,
-               progress: Callable[[int], None] | None = None) -> Iterator[Item]:
+               progress: Callable[[int], None] | None = None, whole_lines: bool = False) -> Iterator[Item]:
+    """`whole_lines`: stop before an unterminated last JSONL line (its writer is still writing it)."""
     kind = file_kind(path)
     if kind is None:
         raise IngestError("unsupported_type", f"{path.name}: the inbox takes *.jsonl, *.jsonl.gz and *.json")
@@ -79,18 +80,18 @@ def iter_items(path: Path, *, start_offset: int, start_line: int, max_bytes: int
             if kind == "json":
                 yield from _iter_json_array(stream, raw, start_line, max_bytes, progress)
             else:
-                yield from _iter_jsonl(stream, raw, start_offset, start_line, max_bytes, progress)
+                yield from _iter_jsonl(stream, raw, start_offset, start_line, max_bytes, progress, whole_lines)
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise IngestError("unreadable", f"{type(exc).__name__}: {exc}") from exc
 
 
 def _iter_jsonl(stream: IO[bytes], raw: IO[bytes], offset: int, line_no: int, max_bytes: int,
-                progress: Callable[[int], None] | None) -> Iterator[Item]:
+                progress: Callable[[int], None] | None, whole_lines: bool = False) -> Iterator[Item]:
     if offset:
         stream.seek(offset)
     while True:
         line = stream.readline(max_bytes + 1)
-        if not line:
+        if not line or (whole_lines and len(line) <= max_bytes and not line.endswith(b"\n")):
             return
         offset += len(line)
         line_no += 1

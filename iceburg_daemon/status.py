@@ -34,7 +34,8 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
                 state = "dead" if not pid_alive(pid) else "stale"
             else:
                 state = "running"
-        found = scan(cfg.inbox_dir, now=now, settle_seconds=cfg.inbox.settle_seconds)
+        found = scan(cfg.inbox_dir, now=now, settle_seconds=cfg.inbox.settle_seconds,
+                     open_settle_seconds=cfg.inbox.open_settle_seconds)
         return {
             "initialised": True,
             "running": state == "running",
@@ -45,7 +46,7 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "data_dir": str(cfg.data_dir),
             "warnings": _warnings(cfg, store, now),
             "models": _models(cfg, store),
-            "inbox": {"ready": len(found.ready), "settling": found.waiting,
+            "inbox": {"ready": len(found.ready), "settling": found.waiting, "held_open": found.held_open,
                       "processing": len(pending(cfg.processing_dir)),
                       "skipped": [{"name": p.name, "reason": r} for p, r in found.skipped]},
             "files": store.file_state_counts(),
@@ -78,6 +79,12 @@ def _warnings(cfg: Config, store: Store, now: float) -> list[str]:
                     else "publishing now")
             out.append(f"Ollama {alias} points at {points} but the {champ['role']} champion is v{champ['version']}"
                        f" ({champ['publish_error'] or 'publish pending'}; {when})")
+    late = store.events_since("late_append", now - 86400)
+    if late:
+        lines = sum(json.loads(e["data"]).get("lines", 0) for e in late)
+        out.append(f"{lines} line(s) were appended to {len({e['subject'] for e in late})} inbox file(s) after they"
+                   " were archived (last 24 h); they were ingested, but the writer should start a new file (or"
+                   " close it) instead of appending to one it keeps open: see docs/inbox.md")
     if cfg.quality.mode == "off":
         out.append('the truth filter is off ([quality] mode = "off"): every record is accepted unjudged'
                    " (reason filter_off) and may be trained on")
@@ -131,7 +138,8 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
                          f"  data {snapshot['data_dir']}")
     warnings = Text("\n".join(f"warning: {w}" for w in snapshot["warnings"]), style="bold yellow")
     inbox = snapshot["inbox"]
-    inbox_line = Text(f"inbox: {inbox['ready']} ready, {inbox['settling']} settling, {inbox['processing']} in"
+    inbox_line = Text(f"inbox: {inbox['ready']} ready, {inbox['settling']} settling ({inbox['held_open']} held open"
+                      f" by a writer), {inbox['processing']} in"
                       f" progress, {len(inbox['skipped'])} skipped; files: "
                       + (", ".join(f"{k} {v}" for k, v in sorted(snapshot["files"].items())) or "none"))
     records = Table(title=f"records ({snapshot['verdicts']['unfiltered']} waiting for the filter)",

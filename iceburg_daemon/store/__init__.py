@@ -233,6 +233,12 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
                 added[q.reason] += 1
         return added
 
+    def archived_since(self, since: float) -> list[sqlite3.Row]:
+        """Inbox files archived (not deleted, not quarantined) at or after `since`: watched for late appends."""
+        return self.conn.execute(
+            "SELECT * FROM files WHERE origin = 'inbox' AND state = ? AND final_path IS NOT NULL AND finished_at >= ?"
+            " ORDER BY id", (FileState.DONE.value, since)).fetchall()
+
     def finish_file(self, file_id: int, state: FileState, *, final_path: str | None, reason: str | None, now: float) -> None:
         self.conn.execute(
             "UPDATE files SET state = ?, final_path = ?, reason = ?, finished_at = ? WHERE id = ?",
@@ -319,6 +325,9 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
 
     def recent_events(self, limit: int = 10) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
+    def events_since(self, kind: str, since: float) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM events WHERE kind = ? AND ts >= ? ORDER BY id", (kind, since)).fetchall()
 
     def beat(self, *, pid: int, started_at: float, now: float, state: str, version: str) -> None:
         self.conn.execute(
