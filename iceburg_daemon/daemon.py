@@ -60,6 +60,7 @@ class Daemon:
         self._skipped_reported: set[tuple[str, str]] = set()
         self._settles_in: float | None = None  # wake early when a waiting inbox file settles
         self._filter_backlog = False  # the last filter pass stopped at its limit: more records are waiting
+        self._last_beat = float("-inf")
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -96,14 +97,14 @@ class Daemon:
             return
         try:
             semantic.verify()
-            added = semantic.catch_up()
+            added = semantic.catch_up(on_batch=self.keep_alive)
         except EmbeddingError as exc:
             log.warning("semantic_unavailable", error=str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - chromadb raises many kinds; the index is derived, so rebuild
             log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
             try:
-                added = semantic.rebuild()
+                added = semantic.rebuild(on_batch=self.keep_alive)
             except Exception as again:  # noqa: BLE001 - start anyway: the filter retries the rebuild when it needs it
                 log.error("semantic_index_rebuild_failed", error=f"{type(again).__name__}: {str(again)[:300]}")
                 return
@@ -249,7 +250,7 @@ class Daemon:
                 self._ingest_one(path)
             except Exception:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
                 log.exception("stage_failed", stage="ingest", file=path.name)
-        for late in ingest_late_appends(self.cfg, self.store, clock=self.clock, should_stop=self.stopping.is_set):
+        for late in ingest_late_appends(self.cfg, self.store, clock=self.clock, should_stop=self.keep_alive):
             self.metrics.count(late.counts, "inbox")
             log.warning("late_append", file=late.name, stored=late.counts.total_stored,
                         duplicates=late.counts.duplicates, quarantined=sum(late.counts.quarantined.values()))
@@ -257,7 +258,7 @@ class Daemon:
 
     def _ingest_one(self, path: Path) -> None:
         assert self.store is not None
-        result = process_claimed(self.cfg, self.store, path, clock=self.clock, should_stop=self.stopping.is_set)
+        result = process_claimed(self.cfg, self.store, path, clock=self.clock, should_stop=self.keep_alive)
         if result is None:
             return
         self.metrics.count(result.counts, "inbox")
@@ -288,7 +289,7 @@ class Daemon:
                 continue
             try:
                 outcome = sync_store(self.cfg, self.store, source, now=now, command=self.source_command,
-                                     should_stop=self.stopping.is_set)
+                                     should_stop=self.keep_alive)
             except Exception:  # noqa: BLE001 - one store's bug must not stop the loop
                 log.exception("stage_failed", stage="sources", source=source.name)
                 continue
@@ -308,7 +309,7 @@ class Daemon:
         assert self.chain is not None
         limit = self.cfg.quality.batch_size * FILTER_BATCHES_PER_TICK
         try:
-            judged = self.chain.run(should_stop=self.stopping.is_set, limit=limit)
+            judged = self.chain.run(should_stop=self.keep_alive, limit=limit)
         except Exception:  # noqa: BLE001 - a filter bug must not stop the loop; pending records wait for a fix
             log.exception("stage_failed", stage="filter")
             return
@@ -415,9 +416,18 @@ class Daemon:
         self.metrics.runs_finished.labels(role=role, status=status).inc()
         self.wake.set()  # the next queued run can start now
 
+    def keep_alive(self) -> bool:
+        """The `should_stop` handed to long stages (a big file, a Chroma read, a filter backlog, an index
+        rebuild): beats the heartbeat when it is due, between their transactions, so status never calls a busy
+        daemon stale; answers whether a shutdown was asked for."""
+        if self.store is not None and not self.store.conn.in_transaction and \
+                self.clock() - self._last_beat >= self.cfg.daemon.heartbeat_seconds:
+            self._guarded("heartbeat", self.heartbeat)
+        return self.stopping.is_set()
+
     def heartbeat(self) -> None:
         assert self.store is not None
-        now = self.clock()
+        now = self._last_beat = self.clock()
         self.store.beat(pid=os.getpid(), started_at=self.started_at, now=now, state="running", version=__version__)
         self.metrics.heartbeat.set(now)
         for row in self.store.sources():

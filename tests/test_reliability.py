@@ -265,15 +265,17 @@ def test_a_heartbeat_or_inbox_scan_that_fails_does_not_end_the_loop(tmp_path, mo
     try:
         calls = []
 
-        def broken(*args, **kwargs):
-            calls.append(1)
-            raise OSError("disk I/O error")
+        def broken(what):
+            def fail(*args, **kwargs):
+                calls.append(what)
+                raise OSError("disk I/O error")
+            return fail
 
-        monkeypatch.setattr(daemon.store, "beat", broken)
-        monkeypatch.setattr("iceburg_daemon.daemon.scan", broken)
+        monkeypatch.setattr(daemon.store, "beat", broken("beat"))
+        monkeypatch.setattr("iceburg_daemon.daemon.scan", broken("scan"))
         daemon.tick()  # before: the OSError escaped tick() and ended the daemon
         daemon.tick()
-        assert len(calls) == 4
+        assert calls.count("scan") == 2 and calls.count("beat") >= 2  # long stages may beat too
     finally:
         monkeypatch.undo()
         daemon.close()

@@ -1,8 +1,8 @@
 """Unjudged sft/preference records -> one current verdict each, filters run cheap to expensive.
 
-Each batch of verdicts and the index rows of the records it accepts commit in one transaction, so a daemon
-killed mid-filter restarts with every record judged exactly once (a record without a current verdict is simply
-judged again).
+Each batch of verdicts and the index rows of the records it accepts commit in one short transaction (judging
+and embedding happen before it, with no lock held), so a daemon killed mid-filter restarts with every record
+judged exactly once (a record without a current verdict is simply judged again).
 """
 
 from __future__ import annotations
@@ -49,11 +49,13 @@ class FilterChain:
         self._judged_upto = (0, 0)  # (generation, record id)
         self.workers = FeatureWorkers(worker_count(cfg.quality.workers))
         self._ahead: Batch | None = None  # the next batch, its features being computed while one is judged
+        self._should_stop: Callable[[], bool] = lambda: False
 
     def run(self, *, should_stop: Callable[[], bool] = lambda: False, limit: int | None = None,
             progress: Callable[[int], None] | None = None) -> Judged:
         """Judge every pending record (or `limit` of them); returns counts per (role, verdict, reason)."""
         judged: Judged = Counter()
+        self._should_stop = should_stop  # also polled by an index rebuild, between its batches
         if self.q.mode == "off":
             return self._accept_all(should_stop, limit, progress)
         self.negatives.refresh(self.store)
@@ -148,26 +150,32 @@ class FilterChain:
         return generation, rows, lambda: feats
 
     def _judge_batch(self, generation: int, feats: list[Features]) -> list[dict[str, Any]]:
+        """Judge in memory and embed with no lock held (an embedder may wait on the network for a minute, an
+        index rebuild longer), then write the verdicts and index rows in one short transaction. Only this chain
+        writes verdicts and index rows, so what `load` read still holds then, unless a refilter started a new
+        generation meanwhile: then the batch is dropped unwritten and judged again."""
         verdicts, waiting = [], []  # waiting: passed filters 1-7 and 9, semantic check still to come
+        self.index.load(generation, (f.exact for f in feats if f.exact),
+                        [(f.record_id, f.near) for f in feats if f.near is not None],
+                        [(f.record_id, f.template) for f in feats if f.template is not None])
+        for f in feats:
+            scores: dict[str, Any] = {}
+            finding = self._filters(f, scores)
+            if finding is not None and finding.filter != "template" and f.template is not None:
+                self.index.unkeep_template(f.record_id)  # rejected after it took a template slot
+            if finding is None:
+                self.index.remember(f.record_id, f.exact, f.near)  # later records of this batch see it
+            if finding is None and self.semantic is not None:
+                waiting.append((f, scores))
+            else:
+                verdicts.append(self._verdict(f, scores, finding, generation))
+        accepted, vectors = self._semantic(waiting, verdicts, generation)
+        for v in verdicts:
+            if v["filter"] == "semantic":
+                self.index.unkeep_template(v["record_id"])
         with self.store.transaction():
-            self.index.load(generation, (f.exact for f in feats if f.exact),
-                            [(f.record_id, f.near) for f in feats if f.near is not None],
-                            [(f.record_id, f.template) for f in feats if f.template is not None])
-            for f in feats:
-                scores: dict[str, Any] = {}
-                finding = self._filters(f, scores)
-                if finding is not None and finding.filter != "template" and f.template is not None:
-                    self.index.unkeep_template(f.record_id)  # rejected after it took a template slot
-                if finding is None:
-                    self.index.remember(f.record_id, f.exact, f.near)  # later records of this batch see it
-                if finding is None and self.semantic is not None:
-                    waiting.append((f, scores))
-                else:
-                    verdicts.append(self._verdict(f, scores, finding, generation))
-            accepted, vectors = self._semantic(waiting, verdicts, generation)
-            for v in verdicts:
-                if v["filter"] == "semantic":
-                    self.index.unkeep_template(v["record_id"])
+            if self.store.generation() != generation:
+                return []
             self.index.flush()
             self.store.add_verdicts(verdicts)
             upto = self.store.last_verdict_id()
@@ -188,7 +196,7 @@ class FilterChain:
                 raise
             except Exception as exc:  # noqa: BLE001 - an unreadable index is derived data: rebuild it, then retry
                 log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
-                self.semantic.rebuild()
+                self.semantic.rebuild(on_batch=self._should_stop)
                 findings, vectors = self.semantic.check(items)
         except EmbeddingError as exc:  # e.g. Ollama is down: judge without this filter rather than stall
             log.warning("semantic_unavailable", error=str(exc))

@@ -8,7 +8,7 @@ that got, and a missing or corrupted index is rebuilt from the store's accepted 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,10 +76,12 @@ class SemanticDedup:
         if self.index_path.exists():
             VectorIndex(self.index_path, self.embedder.model, 0).verify()
 
-    def catch_up(self, batch: int = 500) -> int:
-        """Index accepted records whose verdicts are past the watermark (a crash between commit and add)."""
+    def catch_up(self, batch: int = 500, on_batch: Callable[[], object] = lambda: None) -> int:
+        """Index accepted records whose verdicts are past the watermark (a crash between commit and add).
+        `on_batch` runs after each batch (the daemon beats its heartbeat there)."""
         done = 0
         while True:
+            on_batch()
             rows = self.store.accepted_after(int(self.store.meta(WATERMARK) or 0), batch)
             if not rows:
                 return done
@@ -88,12 +90,12 @@ class SemanticDedup:
             self.add([(r["record_id"], r["role"]) for r in rows], vectors, rows[-1]["verdict_id"])
             done += len(rows)
 
-    def rebuild(self) -> int:
+    def rebuild(self, on_batch: Callable[[], object] = lambda: None) -> int:
         """Drop the index and re-embed every accepted record from the store."""
         VectorIndex(self.index_path, self.embedder.model, 0).destroy()
         self.index = None
         with self.store.transaction():
             self.store.set_meta(WATERMARK, "0")
-        count = self.catch_up()
+        count = self.catch_up(on_batch=on_batch)
         log.info("semantic_index_rebuilt", records=count)
         return count
