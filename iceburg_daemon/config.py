@@ -38,6 +38,7 @@ class InboxConfig:
     max_record_bytes: int = 1_048_576  # a longer line is quarantined as too_large
     max_depth: int = 64  # JSON nested deeper is quarantined as too_deep (ICEBURG's records nest about 5 levels)
     batch_size: int = 500  # lines per transaction (and per resume checkpoint)
+    max_rejects_per_file: int = 10_000  # past this, a file quarantining more lines than it stores goes whole
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
                 problems.append(f"{section}.{f.name}: must be >= 0, got {value}")
     if not 8 <= cfg.inbox.max_depth <= 500:
         problems.append(f"inbox.max_depth: must be between 8 and 500, got {cfg.inbox.max_depth}")
+    if cfg.inbox.max_rejects_per_file < 0:
+        problems.append(f"inbox.max_rejects_per_file: must be >= 0 (0: no limit), got {cfg.inbox.max_rejects_per_file}")
     if cfg.inbox.max_record_bytes < 64:
         problems.append(f"inbox.max_record_bytes: must be >= 64, got {cfg.inbox.max_record_bytes}")
     for name in ("near_threshold", "template_threshold", "min_alpha_share", "max_dup_line_share",

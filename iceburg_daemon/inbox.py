@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iceburg_daemon.config import Config
+from iceburg_daemon.errors import IngestError
 from iceburg_daemon.ingest import FileResult, ingest_file, quarantine_whole_file, register_file, write_rejects_file
 from iceburg_daemon.open_files import held_for_writing
 from iceburg_daemon.readers import file_kind
-from iceburg_daemon.store import FileState, Store
+from iceburg_daemon.store import BatchCounts, FileState, Store
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+NAME_MAX = 255  # bytes in one file name on APFS and ext4
 
 
 @dataclass
@@ -90,12 +92,22 @@ def claim(path: Path, processing: Path, now: float) -> Path | None:
     stamp = int(now * 1_000_000)
     while any(processing.glob(f"{stamp:020d}_*")):
         stamp += 1
-    target = processing / f"{stamp:020d}_{path.name}"
+    target = processing / f"{stamp:020d}_{_fit(path.name, NAME_MAX - 21)}"
     try:
         os.rename(path, target)  # atomic within one filesystem; the writer's name is now free again
     except FileNotFoundError:
         return None
     return target
+
+
+def _fit(name: str, limit: int) -> str:
+    """A file name shortened (its suffix kept) to `limit` UTF-8 bytes, so the claim prefix still fits."""
+    if len(name.encode()) <= limit:
+        return name
+    kind = file_kind(Path(name))
+    suffix = "." + kind if kind else ""
+    stem = name[: len(name) - len(suffix)].encode()[: limit - len(suffix)].decode("utf-8", "ignore")
+    return stem + suffix
 
 
 def pending(processing: Path) -> list[Path]:
@@ -146,22 +158,31 @@ def process_claimed(
     A file that grew while it was read is read on; one that a process still holds open for writing stays in
     .processing/ (read up to its last whole line on every pass) until its writer closes it."""
     # Claimed names are unique, so the path alone finds the row: the content may have grown since registration.
-    row = store.file_by_path(path) or register_file(store, path, name=original_name(path), origin="inbox",
-                                                    now=clock())
+    row = store.file_by_path(path)
+    if row is None:
+        try:
+            row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
+        except OSError as exc:  # cannot be read even once (permissions, I/O error): quarantined, not retried
+            return _quarantine_unopened(cfg, store, path, exc, now=clock())
     if row["state"] == FileState.DONE.value or row["state"] == FileState.QUARANTINED.value:
         _move(store, path, Path(row["final_path"]) if row["final_path"] else None)  # crashed between commit and move
         return None
     appendable = file_kind(path) == "jsonl"  # a byte offset in the file itself: growth can be read on
+    counts = BatchCounts()
     while True:
+        size = _size(path)  # the reader gets at least this far (blank lines at the end move no resume point)
         writing = appendable and path in (held([path]) or set())
         # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
         result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
                              max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
-                             progress=progress, max_depth=cfg.inbox.max_depth, whole_lines=writing)
+                             progress=progress, max_depth=cfg.inbox.max_depth, whole_lines=writing,
+                             max_rejects=cfg.inbox.max_rejects_per_file)
         row = store.file_counts(row["id"])
+        counts.add(result.counts)
+        result.counts = counts
         if writing and result.complete:
             result.complete, result.held_open = False, True
-        if not (appendable and result.complete and _size(path) > row["byte_offset"]) or should_stop():
+        if not (appendable and result.complete and _size(path) > size) or should_stop():
             break
     if result.failure is not None:
         target = cfg.quarantine_dir / path.name
@@ -173,11 +194,27 @@ def process_claimed(
         target = _archive_target(cfg, path, clock())
         final = store.file_counts(row["id"])
         with store.transaction():
+            if appendable:
+                store.set_file_size(row["id"], size)
             store.finish_file(row["id"], FileState.DONE, final_path=str(target) if target else None, reason=None,
                               now=clock())
             store.add_event("file_ingested", row["name"], clock(), stored=final["stored"],
                             duplicates=final["duplicates"], quarantined=final["quarantined"])
         _move(store, path, target)
+    return result
+
+
+def _quarantine_unopened(cfg: Config, store: Store, path: Path, exc: OSError, *, now: float) -> FileResult:
+    target = cfg.quarantine_dir / path.name
+    with store.transaction():
+        file_id = store.add_file(name=original_name(path), path=path, origin="inbox", size=_size(path),
+                                 sha256=f"unopened-{int(now * 1e6)}", now=now)
+    row = store.file_counts(file_id)
+    result = FileResult(name=row["name"], file_id=file_id, failure=IngestError(
+        "unreadable", f"cannot open: {exc.strerror or type(exc).__name__}"))
+    assert result.failure is not None
+    quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=now)
+    _move(store, path, target)
     return result
 
 
@@ -195,13 +232,15 @@ def ingest_late_appends(cfg: Config, store: Store, *, clock: Callable[[], float]
     results = []
     for row in store.archived_since(clock() - cfg.inbox.late_append_watch_seconds):
         archived = Path(row["final_path"])
-        if should_stop() or file_kind(archived) != "jsonl" or _size(archived) <= row["byte_offset"]:
+        size = _size(archived)
+        if should_stop() or file_kind(archived) != "jsonl" or size <= row["size"]:
             continue
         result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size, path=archived,
                              max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
-                             max_depth=cfg.inbox.max_depth)
+                             max_depth=cfg.inbox.max_depth, max_rejects=cfg.inbox.max_rejects_per_file)
         after = store.file_counts(row["id"])
         with store.transaction():
+            store.set_file_size(row["id"], size)
             store.add_event("late_append", row["name"], clock(), archived=archived.name,
                             lines=after["line_no"] - row["line_no"], stored=result.counts.total_stored)
         write_rejects_file(store, after, cfg.quarantine_dir)

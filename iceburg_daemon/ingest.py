@@ -95,6 +95,7 @@ def ingest_file(
     progress: Callable[[int], None] | None = None,
     path: Path | None = None,
     whole_lines: bool = False,
+    max_rejects: int = 0,
 ) -> FileResult:
     """Ingest from the row's resume point. Stops early (complete=False) when should_stop() turns true.
 
@@ -109,11 +110,16 @@ def ingest_file(
     rejections: list[Rejection] = []
     offset, line_no = row["byte_offset"], row["line_no"]
 
-    def flush() -> None:
+    def flush(check: bool = True) -> None:
         result.counts.add(store.commit_batch(row["id"], records, rejections, byte_offset=offset,
                                              line_no=line_no, now=clock()))
         records.clear()
         rejections.clear()
+        bad = row["quarantined"] + sum(result.counts.quarantined.values())
+        if check and max_rejects and bad >= max_rejects and bad > row["stored"] + row["duplicates"] + \
+                result.counts.total_stored + result.counts.duplicates:
+            raise IngestError("mostly_invalid", f"{bad} lines quarantined, more than it gave records"
+                                                f" ([inbox] max_rejects_per_file = {max_rejects})")
 
     try:
         items = iter_items(path, start_offset=offset, start_line=line_no, max_bytes=max_record_bytes,
@@ -132,19 +138,19 @@ def ingest_file(
                 flush()
                 if should_stop():
                     return result
+        flush()
     except IngestError as exc:
-        flush()  # everything read before the failure is kept
+        flush(check=False)  # everything read before the failure is kept (nothing left after mostly_invalid)
         result.failure = exc
         return result
     except Exception as exc:  # noqa: BLE001 - re-raised until the bound, then the file is quarantined
         failures = store.count_file_failure(row["id"])
         if failures < MAX_FILE_FAILURES:
             raise
-        flush()  # the lines before the one that failed
+        flush(check=False)  # the lines before the one that failed
         result.failure = IngestError("internal_error", f"{type(exc).__name__} after line {line_no} on"
                                                        f" {failures} attempts: {str(exc)[:200]}")
         return result
-    flush()
     result.complete = True
     return result
 
@@ -206,7 +212,8 @@ def ingest_paths(cfg: Any, store: Store, paths: list[Path], *, progress: bool = 
                 with _progress_bar(path, enabled=progress) as advance:
                     result = ingest_file(store, row, source="cli", batch_size=cfg.inbox.batch_size,
                                          max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, progress=advance,
-                                         max_depth=cfg.inbox.max_depth)
+                                         max_depth=cfg.inbox.max_depth,
+                                         max_rejects=cfg.inbox.max_rejects_per_file)
                 break
             except Exception:  # noqa: BLE001 - retried from the committed resume point
                 if attempt == MAX_FILE_FAILURES:

@@ -17,6 +17,9 @@ from iceburg_daemon.formats import Reject
 
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json")
 CHUNK = 1 << 16
+# Past this many decompressed bytes, a gzip file expanding more than GZIP_MAX_RATIO times is a bomb (JSON logs
+# compress 5-20x; a bomb of blank lines or one endless line 1000x and more, and would burn CPU for hours).
+GZIP_RATIO_FLOOR, GZIP_MAX_RATIO = 16 << 20, 100
 
 Item = tuple[int, int, Any]  # line number (1-based), resume offset after it, decoded value or Reject
 
@@ -89,6 +92,13 @@ def _iter_jsonl(stream: IO[bytes], raw: IO[bytes], offset: int, line_no: int, ma
                 progress: Callable[[int], None] | None, whole_lines: bool = False) -> Iterator[Item]:
     if offset:
         stream.seek(offset)
+    compressed = stream is not raw
+
+    def check_ratio() -> None:
+        if compressed and offset > GZIP_RATIO_FLOOR and offset > GZIP_MAX_RATIO * max(raw.tell(), 1):
+            raise IngestError("gzip_bomb", f"{raw.tell()} compressed bytes expanded to more than {offset}"
+                                           f" (over {GZIP_MAX_RATIO}x)")
+
     while True:
         line = stream.readline(max_bytes + 1)
         if not line or (whole_lines and len(line) <= max_bytes and not line.endswith(b"\n")):
@@ -99,12 +109,15 @@ def _iter_jsonl(stream: IO[bytes], raw: IO[bytes], offset: int, line_no: int, ma
             while True:  # skip the rest of an over-long line without holding it
                 more = stream.readline(CHUNK)
                 offset += len(more)
+                check_ratio()
                 if not more or more.endswith(b"\n"):
                     break
             yield line_no, offset, Reject("too_large", f"line longer than {max_bytes} bytes")
             continue
-        if progress and line_no % 256 == 0:
-            progress(raw.tell())
+        if line_no % 256 == 0:
+            check_ratio()
+            if progress:
+                progress(raw.tell())
         if not line.strip():
             continue  # blank lines separate nothing and hold nothing
         yield line_no, offset, decode_line(line)

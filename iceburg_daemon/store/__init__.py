@@ -239,6 +239,10 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
             "SELECT * FROM files WHERE origin = 'inbox' AND state = ? AND final_path IS NOT NULL AND finished_at >= ?"
             " ORDER BY id", (FileState.DONE.value, since)).fetchall()
 
+    def set_file_size(self, file_id: int, size: int) -> None:
+        """The bytes read so far: a file that grows past this later had lines appended late."""
+        self.conn.execute("UPDATE files SET size = ? WHERE id = ?", (size, file_id))
+
     def finish_file(self, file_id: int, state: FileState, *, final_path: str | None, reason: str | None, now: float) -> None:
         self.conn.execute(
             "UPDATE files SET state = ?, final_path = ?, reason = ?, finished_at = ? WHERE id = ?",
