@@ -11,21 +11,23 @@ import re
 from collections import Counter
 from typing import Any
 
+# Distinctive prefixes match even glued to a preceding word ("token=...", "0sk-ant-..." in a dump): hypothesis
+# found keys that a leading \b let through. Only the generic `sk-` keeps \b ("risk-assessment-..." is prose).
 # (kind, cheap hint, pattern). A pattern runs only on text holding its hint (a substring, or a tiny regex for
 # phone numbers), which keeps redaction off the hot path for the vast majority of text.
 PATTERNS: list[tuple[str, str, str]] = [
     ("private_key", "-----BEGIN",
      r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z]+ )*PRIVATE KEY-----|$)"),
-    ("anthropic_key", "sk-ant-", r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
+    ("anthropic_key", "sk-ant-", r"sk-ant-[A-Za-z0-9_\-]{20,}"),
     ("openai_key", "sk-", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"),
-    ("aws_access_key", "IA", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    ("github_token", "_", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
-    ("slack_token", "xox", r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
-    ("google_api_key", "AIza", r"\bAIza[0-9A-Za-z_\-]{35}"),
-    ("jwt", "eyJ", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+    ("aws_access_key", "IA", r"(?:AKIA|ASIA)[0-9A-Z]{16}"),
+    ("github_token", "_", r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+    ("slack_token", "xox", r"xox[abposr]-[A-Za-z0-9\-]{10,}"),
+    ("google_api_key", "AIza", r"AIza[0-9A-Za-z_\-]{35}"),
+    ("jwt", "eyJ", r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
     ("bearer_token", "earer ", r"(?<=\b[Bb]earer )[A-Za-z0-9_\-\.=+/]{20,}"),
     ("url_password", "://", r"(?<=://)[^\s:/@]+:[^\s@/]+(?=@)"),
-    ("email", "@", r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"),
+    ("email", "@", r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}(?![A-Za-z])"),
     ("phone", r"\d{3}[\s.\-)\\n]+\d{3}",
      r"(?<![\w.])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)[\s.\-]?|\d{2,4}[\s.\-])\d{3,4}[\s.\-]\d{3,4}(?![\w.])"),
 ]
