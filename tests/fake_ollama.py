@@ -30,6 +30,7 @@ class FakeOllama:
         self.blobs: dict[str, Path] = {}
         self.models: dict[str, dict[str, Any]] = {}  # name -> {files, template, system, parameters, digest}
         self.requests: list[tuple[str, str]] = []  # (method, path) in order
+        self.bodies: list[bytes] = []  # request bodies in order
         # one-shot faults: {"create": "before"} (HTTP 500) | {"create": "midstream"} (an error line after streaming
         # began) | {"chat": "empty"} (an answer with no text); lasting: {"create_delay": "3"} (seconds per create)
         self.faults: dict[str, str] = {}
@@ -147,7 +148,10 @@ def _handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
 
         def _body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with fake.lock:
+                fake.bodies.append(data)  # every byte a client sent, for the canary test
+            return data
 
         def _json(self) -> dict[str, Any]:
             try:

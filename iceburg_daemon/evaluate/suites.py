@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 
 from iceburg_daemon.errors import EvaluationError
+from iceburg_daemon.quality.secrets import redact
 
 CHECKS = ("must_include", "must_not_include", "regex", "json_schema", "max_chars", "min_chars")
 FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
@@ -100,6 +101,9 @@ def _item(raw: Any) -> SuiteItem:
     reference = raw.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise ValueError("reference: a string")
+    # A secret pasted into a suite must not reach a model, Ollama or a report: redacted like ingested records.
+    messages = [{**m, "content": redact(m["content"])[0]} for m in messages]
+    reference = redact(reference)[0] if reference is not None else None
     return SuiteItem(id=str(raw["id"]), messages=messages, checks=checks, reference=reference,
                      max_new_tokens=raw.get("max_new_tokens"))
 
