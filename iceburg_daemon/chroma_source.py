@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from iceburg_daemon.config import ChromaStoreConfig, Config
 from iceburg_daemon.errors import SourceError
 from iceburg_daemon.formats import Reject, canonical_json, chroma_item
+from iceburg_daemon.fsutil import is_disk_full
 from iceburg_daemon.ingest import to_new_record
 from iceburg_daemon.store import BatchCounts, NewRecord, Rejection, Store
 
@@ -168,6 +169,8 @@ def sync_store(cfg: Config, store: Store, source: ChromaStoreConfig, *, now: flo
     except SourceInterrupted as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - SourceError, or anything else: the store is unhealthy for now
+        if is_disk_full(exc):
+            raise  # our disk, not the store: no back-off, the daemon retries once there is space
         error = exc if isinstance(exc, SourceError) else SourceError(f"internal_error: {type(exc).__name__}:"
                                                                      f" {str(exc)[:200]}")
         delay = min(cfg.sources.backoff_seconds * 2**failures, cfg.sources.backoff_max_seconds)

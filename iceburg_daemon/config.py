@@ -106,6 +106,9 @@ class EmbeddingConfig:
 class DaemonConfig:
     heartbeat_seconds: float = 5.0  # loop period when nothing wakes it
     stale_after_seconds: float = 60.0  # status calls a heartbeat older than this stale
+    # Below this much free space in the data folder no new input is taken (ingest, sources, filter) until
+    # space is freed: nothing is lost, the inbox simply waits. Training defers on [defer] min_free_disk_gb.
+    min_free_mb: float = 200.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from iceburg_daemon.config import Config
 from iceburg_daemon.errors import SourceError
 from iceburg_daemon.evaluate.stage import Evaluator
 from iceburg_daemon.evaluate.suites import install_starters
+from iceburg_daemon.fsutil import free_bytes, is_disk_full
 from iceburg_daemon.inbox import InboxWatcher, claim, ingest_late_appends, pending, process_claimed, scan
 from iceburg_daemon.lock import DataDirLock
 from iceburg_daemon.logs import get_logger
@@ -38,6 +39,21 @@ from iceburg_daemon.trigger.step import TriggerStage
 
 log = get_logger("iceburgd.daemon")
 FILTER_BATCHES_PER_TICK = 4  # a long backlog is judged over several passes, so the heartbeat stays fresh
+
+
+_DISK_FULL_LOGGED: dict[str, float] = {}  # stage -> when its last disk-full line was logged
+
+
+def stage_failed(exc: BaseException, **where: Any) -> None:
+    """A stage's unexpected error: a traceback (a bug), or, when the disk is full (the machine's state), one line
+    per stage a minute at most: a heartbeat failing every few seconds must not fill the log it cannot write."""
+    if not is_disk_full(exc):
+        log.exception("stage_failed", **where)
+        return
+    stage = str(where.get("stage"))
+    if time.monotonic() - _DISK_FULL_LOGGED.get(stage, float("-inf")) >= 60.0:
+        _DISK_FULL_LOGGED[stage] = time.monotonic()
+        log.error("stage_failed_disk_full", error=str(exc)[:200], **where)
 
 
 class Daemon:
@@ -61,6 +77,7 @@ class Daemon:
         self._settles_in: float | None = None  # wake early when a waiting inbox file settles
         self._filter_backlog = False  # the last filter pass stopped at its limit: more records are waiting
         self._last_beat = float("-inf")
+        self._disk_low = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -201,10 +218,12 @@ class Daemon:
     # ---- one pass --------------------------------------------------------------------------------------------
     def tick(self) -> None:
         started = time.perf_counter()
-        self._guarded("inbox", self.ingest_inbox)
-        if not self.stopping.is_set():
+        taking_input = self._disk_has_room()  # a full disk stops new input; nothing already taken is lost
+        if taking_input:
+            self._guarded("inbox", self.ingest_inbox)
+        if taking_input and not self.stopping.is_set():
             self.sync_sources()
-        if not self.stopping.is_set() and self.cfg.quality.mode != "paused":
+        if taking_input and not self.stopping.is_set() and self.cfg.quality.mode != "paused":
             self.filter_records()
         if not self.stopping.is_set():
             self.trigger()
@@ -217,14 +236,34 @@ class Daemon:
         self._guarded("heartbeat", self.heartbeat)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
 
+    def _disk_has_room(self) -> bool:
+        """Free space in the data folder above [daemon] min_free_mb; logged and recorded when that changes."""
+        free = free_bytes(self.cfg.data_dir)
+        low = free is not None and free < self.cfg.daemon.min_free_mb * 2**20
+        if free is not None:
+            self.metrics.disk_free.set(free)
+        self.metrics.disk_low.set(int(low))
+        if low != self._disk_low:
+            self._disk_low = low
+            kind = "disk_low" if low else "disk_ok"
+            (log.error if low else log.info)(kind, free_mb=round((free or 0) / 2**20, 1),
+                                             min_free_mb=self.cfg.daemon.min_free_mb)
+            self._guarded("disk", lambda: self._event(kind, free_mb=round((free or 0) / 2**20, 1)))
+        return not low
+
+    def _event(self, kind: str, **data: Any) -> None:
+        assert self.store is not None
+        with self.store.transaction():
+            self.store.add_event(kind, "daemon", self.clock(), **data)
+
     @staticmethod
     def _guarded(stage: str, step: Callable[[], None]) -> None:
         """A stage's unexpected error is logged and the loop goes on (retried next pass): a daemon that died
         here would be restarted by launchd in a loop."""
         try:
             step()
-        except Exception:  # noqa: BLE001
-            log.exception("stage_failed", stage=stage)
+        except Exception as exc:  # noqa: BLE001
+            stage_failed(exc, stage=stage)
 
     def ingest_inbox(self) -> None:
         assert self.store is not None
@@ -248,8 +287,8 @@ class Daemon:
                 break
             try:
                 self._ingest_one(path)
-            except Exception:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
-                log.exception("stage_failed", stage="ingest", file=path.name)
+            except Exception as exc:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
+                stage_failed(exc, stage="ingest", file=path.name)
         for late in ingest_late_appends(self.cfg, self.store, clock=self.clock, should_stop=self.keep_alive):
             self.metrics.count(late.counts, "inbox")
             log.warning("late_append", file=late.name, stored=late.counts.total_stored,
@@ -290,8 +329,8 @@ class Daemon:
             try:
                 outcome = sync_store(self.cfg, self.store, source, now=now, command=self.source_command,
                                      should_stop=self.keep_alive)
-            except Exception:  # noqa: BLE001 - one store's bug must not stop the loop
-                log.exception("stage_failed", stage="sources", source=source.name)
+            except Exception as exc:  # noqa: BLE001 - one store's bug must not stop the loop
+                stage_failed(exc, stage="sources", source=source.name)
                 continue
             if isinstance(outcome, SourceInterrupted):
                 log.info("source_sync_interrupted", source=source.name)
@@ -310,8 +349,8 @@ class Daemon:
         limit = self.cfg.quality.batch_size * FILTER_BATCHES_PER_TICK
         try:
             judged = self.chain.run(should_stop=self.keep_alive, limit=limit)
-        except Exception:  # noqa: BLE001 - a filter bug must not stop the loop; pending records wait for a fix
-            log.exception("stage_failed", stage="filter")
+        except Exception as exc:  # noqa: BLE001 - a filter bug must not stop the loop; pending records wait for a fix
+            stage_failed(exc, stage="filter")
             return
         self.metrics.count_verdicts(judged)
         self._filter_backlog = sum(judged.values()) >= limit
@@ -326,8 +365,8 @@ class Daemon:
         assert self.triggers is not None
         try:
             decisions = self.triggers.run(filtering=self._filter_backlog)
-        except Exception:  # noqa: BLE001 - a trigger bug must not stop ingest and filtering
-            log.exception("stage_failed", stage="trigger")
+        except Exception as exc:  # noqa: BLE001 - a trigger bug must not stop ingest and filtering
+            stage_failed(exc, stage="trigger")
             return
         for d in decisions:
             self.metrics.role_new_records.labels(role=d.state.role).set(d.state.new_records)
@@ -361,8 +400,8 @@ class Daemon:
                     if free[0].start(row):
                         free.pop(0)
             self._queue_metrics()
-        except Exception:  # noqa: BLE001 - a runner bug must not stop ingest and filtering
-            log.exception("stage_failed", stage="train")
+        except Exception as exc:  # noqa: BLE001 - a runner bug must not stop ingest and filtering
+            stage_failed(exc, stage="train")
         self.metrics.training_active.set(sum(1 for r in self.runners if r.busy))
 
     def evaluate(self) -> None:
@@ -376,8 +415,8 @@ class Daemon:
                 row = self.evaluator.next_run()
                 if row is not None:
                     self.evaluator.start(row)
-        except Exception:  # noqa: BLE001 - an evaluation bug must not stop ingest and filtering
-            log.exception("stage_failed", stage="evaluate")
+        except Exception as exc:  # noqa: BLE001 - an evaluation bug must not stop ingest and filtering
+            stage_failed(exc, stage="evaluate")
 
     def publish(self) -> None:
         """Move each champion's Ollama alias onto it (off this thread); record what finished."""
@@ -388,8 +427,8 @@ class Daemon:
                 self.metrics.champion_version.labels(role=champ["role"]).set(champ["version"])
                 self.metrics.alias_lagging.labels(role=champ["role"]).set(
                     int(self.cfg.publish.enabled and champ["alias_version"] != champ["version"]))
-        except Exception:  # noqa: BLE001 - Ollama trouble must not stop ingest and filtering
-            log.exception("stage_failed", stage="publish")
+        except Exception as exc:  # noqa: BLE001 - Ollama trouble must not stop ingest and filtering
+            stage_failed(exc, stage="publish")
 
     def _release_pending(self) -> bool:
         """--once: work left after training (a trained run to evaluate, a publish due or in flight)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
 
@@ -21,3 +24,19 @@ def fsync_tree(root: Path) -> None:
         if p.is_file() or p.is_dir():
             fsync_path(p)
     fsync_path(root)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for lack of space (SQLite's SQLITE_FULL, or ENOSPC / EDQUOT from the OS): the machine's
+    state, never the input's fault, so it must not count against a file or a record."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc)  # "database or disk is full"
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the filesystem holding path (None if it cannot be read)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

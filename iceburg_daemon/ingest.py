@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from iceburg_daemon.errors import IngestError
 from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
+from iceburg_daemon.fsutil import is_disk_full
 from iceburg_daemon.quality.secrets import may_hold_secrets, redact_value
 from iceburg_daemon.readers import deeper_than, iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
@@ -144,6 +145,8 @@ def ingest_file(
         result.failure = exc
         return result
     except Exception as exc:  # noqa: BLE001 - re-raised until the bound, then the file is quarantined
+        if is_disk_full(exc):
+            raise  # not the file's fault: retried from the last commit once there is space, never quarantined
         failures = store.count_file_failure(row["id"])
         if failures < MAX_FILE_FAILURES:
             raise

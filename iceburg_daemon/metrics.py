@@ -32,6 +32,10 @@ class Metrics:
                                     ["source"], registry=r)
         self.source_last_sync = Gauge("iceburg_source_last_sync_timestamp_seconds",
                                       "Unix time of the last successful sync.", ["source"], registry=r)
+        self.disk_free = Gauge("iceburg_data_disk_free_bytes", "Free space on the data folder's filesystem.",
+                               registry=r)
+        self.disk_low = Gauge("iceburg_data_disk_low", "1 while free space is below [daemon] min_free_mb: no new"
+                              " input is taken.", registry=r)
         self.heartbeat = Gauge("iceburg_daemon_heartbeat_timestamp_seconds", "Unix time of the last loop pass.",
                                registry=r)
         self.runs_finished = Counter("iceburg_training_runs", "Training run attempts ended, by role and status.",

@@ -8,6 +8,7 @@ from typing import Any
 from iceburg_daemon import ROLES
 from iceburg_daemon.config import Config, publish_name
 from iceburg_daemon.errors import StoreError
+from iceburg_daemon.fsutil import free_bytes
 from iceburg_daemon.inbox import pending, scan
 from iceburg_daemon.runner import pid_alive
 from iceburg_daemon.store import Store
@@ -79,6 +80,10 @@ def _warnings(cfg: Config, store: Store, now: float) -> list[str]:
                     else "publishing now")
             out.append(f"Ollama {alias} points at {points} but the {champ['role']} champion is v{champ['version']}"
                        f" ({champ['publish_error'] or 'publish pending'}; {when})")
+    free = free_bytes(cfg.data_dir)
+    if free is not None and free < cfg.daemon.min_free_mb * 2**20:
+        out.append(f"disk nearly full: {free / 2**20:.0f} MB free in {cfg.data_dir} ([daemon] min_free_mb ="
+                   f" {cfg.daemon.min_free_mb:g}): no new input is taken until space is freed; nothing is lost")
     late = store.events_since("late_append", now - 86400)
     if late:
         lines = sum(json.loads(e["data"]).get("lines", 0) for e in late)

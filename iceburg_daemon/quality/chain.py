@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from iceburg_daemon.config import Config
+from iceburg_daemon.fsutil import is_disk_full
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.quality.dedup import DuplicateIndex
 from iceburg_daemon.quality.embed import EmbeddingError, make_embedder
@@ -77,6 +78,8 @@ class FilterChain:
             try:
                 verdicts = self._judge_batch(generation, features()[:n])
             except Exception as exc:  # noqa: BLE001 - one bad record must not stall every later verdict
+                if is_disk_full(exc):
+                    raise  # no record's fault: the batch is judged again once there is space
                 log.warning("filter_batch_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}", records=n)
                 verdicts = self._judge_one_by_one(generation, rows[:n])
             for verdict in verdicts:
@@ -97,6 +100,8 @@ class FilterChain:
             try:
                 out += self._judge_batch(generation, extract([row], self.q))
             except Exception as exc:  # noqa: BLE001 - the record's verdict says why
+                if is_disk_full(exc):
+                    raise
                 self.index = DuplicateIndex(self.store, self.q)
                 finding = Finding("error", "filter_error", f"{type(exc).__name__}: {str(exc)[:300]}")
                 verdict = _verdict_row(row[0], row[1], _parsed(row[2]), {}, finding, generation, self.clock())
