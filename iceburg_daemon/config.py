@@ -97,6 +97,7 @@ class EmbeddingConfig:
     provider: Literal["none", "hash", "ollama", "onnx"] = "none"
     model: str = "nomic-embed-text"  # for ollama
     url: str = "http://127.0.0.1:11434"  # for ollama
+    timeout_seconds: float = 60.0  # for ollama: one embedding call; a failure backs the filter off (30 s .. 10 min)
     dim: int = 384  # for hash
     onnx_model: str = ""  # for onnx: model.onnx path; "" = the one the `onnx` extra installs
     onnx_tokenizer: str = ""  # for onnx: tokenizer.json path; "" = the one the `onnx` extra installs

@@ -58,13 +58,15 @@ class OllamaClient:
     def create(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST /api/create, streamed: yields each status line; an `error` line raises (the stream had started)."""
         with self._open("POST", "/api/create", body={**body, "stream": True}) as response:
-            for raw in response:
+            for raw in _lines(response, "create"):
                 if not raw.strip():
                     continue
                 try:
                     line = json.loads(raw)
                 except ValueError as exc:
                     raise PublishError(f"ollama create: unreadable status line {raw[:200]!r}", retry=True) from exc
+                if not isinstance(line, dict):
+                    raise PublishError(f"ollama create: unreadable status line {raw[:200]!r}", retry=True)
                 if "error" in line:
                     raise PublishError(f"ollama create {body.get('model')}: {line['error']}", retry=True)
                 yield line
@@ -85,20 +87,29 @@ class OllamaClient:
 
     def tags(self) -> list[str]:
         with self._open("GET", "/api/tags") as response:
-            return [m["name"] for m in json.load(response).get("models", [])]
+            models = _object(response, "tags").get("models") or []
+        if not isinstance(models, list):
+            raise PublishError("ollama tags: `models` is not a list", retry=True)
+        return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
     def show(self, model: str) -> dict[str, Any]:
         with self._open("POST", "/api/show", body={"model": model}) as response:
-            return dict(json.load(response))
+            return _object(response, "show")
 
     def chat(self, model: str, messages: list[dict[str, str]], options: dict[str, Any] | None = None) -> str:
         body = {"model": model, "messages": messages, "stream": False, "options": options or {}}
         with self._open("POST", "/api/chat", body=body) as response:
-            return str(json.load(response).get("message", {}).get("content", ""))
+            message = _object(response, "chat").get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
+            raise PublishError("ollama chat: the answer has no message content", retry=True)
+        return str(message.get("content", ""))
 
     def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         with self._open("POST", "/api/embed", body={"model": model, "input": texts}) as response:
-            return list(json.load(response).get("embeddings") or [])
+            embeddings = _object(response, "embed").get("embeddings") or []
+        if not isinstance(embeddings, list):
+            raise PublishError("ollama embed: `embeddings` is not a list", retry=True)
+        return embeddings
 
     # ---- transport ----------------------------------------------------------------------------------------------
     def _open(self, method: str, path: str, *, body: dict[str, Any] | None = None, data: Any = None,
@@ -119,6 +130,28 @@ class OllamaClient:
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise PublishError(f"ollama at {self.host} unreachable ({method} {path}): {reason}", retry=True) from None
+
+
+def _object(response: Any, what: str) -> dict[str, Any]:
+    """The answer's JSON object; a body cut short, a timeout while reading it, or anything that is not a JSON
+    object (a proxy's HTML page, say) is a retryable PublishError, never another exception."""
+    try:
+        value = json.load(response)
+    except (ValueError, OSError, http.client.HTTPException) as exc:
+        raise PublishError(f"ollama {what}: unreadable answer ({type(exc).__name__}: {str(exc)[:100]})",
+                           retry=True) from None
+    if not isinstance(value, dict):
+        raise PublishError(f"ollama {what}: expected a JSON object, got {type(value).__name__}", retry=True)
+    return value
+
+
+def _lines(response: Any, what: str) -> Iterator[bytes]:
+    """A streamed answer's lines; a timeout or a dropped connection mid-stream is a retryable PublishError."""
+    try:
+        yield from response
+    except (OSError, http.client.HTTPException) as exc:
+        raise PublishError(f"ollama {what}: the stream broke ({type(exc).__name__}: {str(exc)[:100]})",
+                           retry=True) from None
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:

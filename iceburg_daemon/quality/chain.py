@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
 Judged = Counter  # (role, verdict, reason) -> count
 Batch = tuple[int, list[Row], Callable[[], list[Features]]]  # generation, rows, their features (waits for them)
 log = get_logger("iceburgd.filter")
+EMBED_BACKOFF_SECONDS, EMBED_BACKOFF_MAX_SECONDS = 30.0, 600.0
 _SCORES = json.JSONEncoder(sort_keys=True)  # built once: json.dumps(sort_keys=True) builds one per call
 
 
@@ -51,6 +53,7 @@ class FilterChain:
         self.workers = FeatureWorkers(worker_count(cfg.quality.workers))
         self._ahead: Batch | None = None  # the next batch, its features being computed while one is judged
         self._should_stop: Callable[[], bool] = lambda: False
+        self._embed_failures, self._embed_retry_at = 0, 0.0  # back-off of a failing embedder (monotonic time)
 
     def run(self, *, should_stop: Callable[[], bool] = lambda: False, limit: int | None = None,
             progress: Callable[[int], None] | None = None) -> Judged:
@@ -195,6 +198,8 @@ class FilterChain:
         assert self.semantic is not None
         items = [(f.record_id, f.role, f.answer) for f, _ in waiting]
         try:
+            if time.monotonic() < self._embed_retry_at:
+                raise EmbeddingError("backing off")  # a slow or broken embedder is not asked on every batch
             try:
                 findings, vectors = self.semantic.check(items)
             except EmbeddingError:
@@ -203,8 +208,13 @@ class FilterChain:
                 log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
                 self.semantic.rebuild(on_batch=self._should_stop)
                 findings, vectors = self.semantic.check(items)
+            self._embed_failures = 0
         except EmbeddingError as exc:  # e.g. Ollama is down: judge without this filter rather than stall
-            log.warning("semantic_unavailable", error=str(exc))
+            if time.monotonic() >= self._embed_retry_at:
+                self._embed_failures += 1
+                delay = min(EMBED_BACKOFF_SECONDS * 2 ** (self._embed_failures - 1), EMBED_BACKOFF_MAX_SECONDS)
+                self._embed_retry_at = time.monotonic() + delay
+                log.warning("semantic_unavailable", error=str(exc), failures=self._embed_failures, retry_in_s=delay)
             findings, vectors = [None] * len(waiting), None
             for _, scores in waiting:
                 scores["semantic"] = "unavailable"

@@ -151,7 +151,7 @@ def make_embedder(cfg: Any) -> Embedder | None:
     if e.provider == "hash":
         return HashEmbedder(e.dim)
     if e.provider == "ollama":
-        return OllamaEmbedder(e.url, e.model)
+        return OllamaEmbedder(e.url, e.model, e.timeout_seconds)
     if e.provider == "onnx":
         return OnnxEmbedder(e.onnx_model, e.onnx_tokenizer)
     return None
