@@ -91,6 +91,7 @@ def _config_path(arg: Path | None) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # the store, logs, runs, models and exports hold private data: 0600 files, 0700 folders
     args = _parser().parse_args(argv)
     try:
         cfg = load_config(_config_path(args.config))

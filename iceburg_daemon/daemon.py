@@ -82,8 +82,11 @@ class Daemon:
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
         self.lock.acquire()
-        for folder in (self.cfg.inbox_dir, self.cfg.processing_dir, self.cfg.archive_dir, self.cfg.quarantine_dir):
+        for folder in (self.cfg.inbox_dir, self.cfg.processing_dir, self.cfg.archive_dir, self.cfg.quarantine_dir,
+                       self.cfg.models_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.cfg.data_dir, self.cfg.models_dir):
+            os.chmod(folder, 0o700)  # records, logs and weights are private, even in a folder made beforehand
         self.store = Store.open(self.cfg.db_path)
         self.chain = FilterChain(self.cfg, self.store, clock=self.clock)
         self._prepare_semantic_index()

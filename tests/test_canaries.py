@@ -1,7 +1,7 @@
 """Issue 14, security: canary secrets planted in every input path (inbox lines, a quarantined line, ICEBURG's
 ChromaDB, an eval suite) never reach any output, searched byte for byte: the store and its WAL, logs, run
 folders (training files, eval reports), the model registry (cards, Modelfiles), quarantine excerpts, metrics,
-every command's output, and every byte sent to Ollama.
+every command's output, and every byte sent to Ollama. Everything the daemon wrote is private (0600/0700).
 
 Inputs kept as they came are not outputs and are not searched: the archived inbox files (data/archive), the
 private snapshot copies of ICEBURG's stores (data/snapshots), the user's own suites (data/evals)."""
@@ -112,12 +112,15 @@ def test_canary_secrets_reach_no_output(tmp_path, tiny_base, fixtures):
     assert runs and runs[0]["status"] == "published", runs  # the whole chain ran, so every output exists
     outputs["daemon stdout/stderr"] = log.read_bytes()
     outputs["Ollama requests"] = b"\n".join(ollama.bodies)
-    searched = 0
+    searched, shared = 0, []
     for path in sorted((tmp_path / "home").rglob("*")):
         rel = path.relative_to(tmp_path / "home").as_posix()
         if path.is_file() and not rel.startswith(INPUT_COPIES):
             outputs[rel] = path.read_bytes()
             searched += 1
+        if rel != "config.toml" and not rel.startswith((*INPUT_COPIES, "data/inbox")) and path.stat().st_mode & 0o077:
+            shared.append((rel, oct(path.stat().st_mode & 0o777)))
+    assert shared == []  # everything the daemon wrote is private: 0600 files, 0700 folders
     leaks = [(name, kind) for name, data in outputs.items() for kind, canary in CANARIES.items()
              if canary.encode() in data]
     assert leaks == []

@@ -53,3 +53,14 @@ def test_nothing_unpickles_or_runs_a_shell():
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
         assert not re.search(r"^\s*import pickle|pickle\.loads?\(|shell=True", text, re.MULTILINE), path
+
+
+def test_everything_listens_on_localhost_unless_configured():
+    """The only listener is the metrics endpoint, on 127.0.0.1 by default; nothing binds every interface."""
+    from iceburg_daemon.config import MetricsConfig
+
+    assert MetricsConfig().host == "127.0.0.1"
+    for path in PACKAGE.rglob("*.py"):
+        assert "0.0.0.0" not in path.read_text(), path
+        if path.name != "metrics.py":
+            assert not re.search(r"\b(?:start_http_server|HTTPServer|\.bind\()", path.read_text()), path
