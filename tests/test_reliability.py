@@ -95,7 +95,8 @@ def test_an_unexpected_error_on_one_file_ends_in_internal_error_after_bounded_re
     assert ("file", "internal_error") in _quarantine(cfg)
 
 
-@pytest.mark.parametrize("depth,outcome", [(5, "stored"), (64, "stored"), (65, "too_deep"), (600, "too_deep"),
+@pytest.mark.parametrize("depth,outcome", [(5, "stored"), (64, "stored"), (65, "too_deep"), (100, "too_deep"),
+                                           (600, "too_deep"),
                                            (10_000, "too_deep"), (100_000, "too_deep")])
 def test_nesting_at_several_depths(tmp_path, depth, outcome):
     """Deep values: within max_depth they are data; past it, or past what the JSON decoder takes, too_deep."""
