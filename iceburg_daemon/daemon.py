@@ -98,7 +98,7 @@ class Daemon:
         backfill_trained(self.store)  # runs that succeeded before triggers existed: their records are not new
         self.triggers = TriggerStage(self.cfg, self.store, clock=self.clock,
                                      on_fire=lambda role, kind: self.metrics.trigger_fires.labels(
-                                         role=role, kind=kind).inc())
+                                         role=role, kind=kind).inc(), keep_alive=self.keep_alive)
         self.evaluator = Evaluator(self.cfg, self.store, clock=self.clock, on_decided=self._decided)
         self.publisher = PublishStage(self.cfg, self.store, clock=self.clock, on_result=lambda role, ok:
                                       self.metrics.publishes.labels(role=role, outcome="ok" if ok else "failed").inc())

@@ -57,7 +57,8 @@ def resolve_base(cfg: Config, ref: str) -> str:
 
 
 def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float, trigger: str = "manual",
-              urgent: bool = False, on_queued: Callable[[str], None] | None = None) -> tuple[str, bool]:
+              urgent: bool = False, on_queued: Callable[[str], None] | None = None,
+              on_progress: Callable[[], object] = lambda: None) -> tuple[str, bool]:
     """(run id, created). A role has at most one active run: asking again returns the one already there.
     `on_queued(run_id)` runs inside the transaction that queues it."""
     active = store.active_run(role)
@@ -65,7 +66,7 @@ def queue_run(cfg: Config, store: Store, role: str, *, reason: str, now: float, 
         return active["id"], False
     stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d-%H%M%S")
     staging = cfg.runs_dir / f".staging-{role}-{os.getpid()}"
-    snap = freeze(store, role, cfg.training.eval_percent, staging, now)
+    snap = freeze(store, role, cfg.training.eval_percent, staging, now, on_progress)
     if snap.train_count == 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise TrainingError(f"role {role!r} has no accepted training records outside the eval split"

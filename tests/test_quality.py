@@ -245,7 +245,7 @@ def test_filter_off_accepts_everything_with_a_reason_and_status_warns(tmp_path):
     assert len(verdicts) == 41
     assert {(v["verdict"], v["filter"], v["reason"]) for v in verdicts} == {("accept", "off", "filter_off")}
     store = Store.open(cfg.db_path)
-    assert len(store.accepted_training_records("synthesist")) == 40
+    assert len(store.accepted_training_records("synthesist").fetchall()) == 40
     store.close()
     assert any("filter is off" in w for w in collect(cfg, now=time.time())["warnings"])
     with pytest.raises(ConfigError, match="quality.enabled: replaced by quality.mode"):

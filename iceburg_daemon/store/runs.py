@@ -90,8 +90,9 @@ class RunQueries:
         self.conn.executemany("INSERT OR IGNORE INTO eval_records (record_id, first_run) VALUES (?, ?)",
                               [(i, run_id) for i in record_ids])
 
-    def accepted_training_records(self, role: str) -> list[sqlite3.Row]:
+    def accepted_training_records(self, role: str) -> sqlite3.Cursor:
+        """A cursor, read row by row: a role may hold hundreds of thousands of records."""
         return self.conn.execute(
             "SELECT r.id, r.content_hash, r.kind, r.canonical FROM records r JOIN verdicts v ON v.record_id = r.id"
             " AND v.current = 1 WHERE r.role = ? AND v.verdict = 'accept' AND r.kind IN ('sft', 'preference')"
-            " AND r.id NOT IN (SELECT record_id FROM forgotten_records) ORDER BY r.id", (role,)).fetchall()
+            " AND r.id NOT IN (SELECT record_id FROM forgotten_records) ORDER BY r.id", (role,))

@@ -26,7 +26,7 @@ log = get_logger("iceburgd.trigger")
 
 
 def enqueue(cfg: Config, store: Store, role: str, *, kind: str, now: float, urgent: bool = False,
-            detail: str = "") -> tuple[str, bool]:
+            detail: str = "", on_progress: Callable[[], object] = lambda: None) -> tuple[str, bool]:
     """Queue a run for `kind` (threshold | schedule | manual), or coalesce into the role's active run.
     Returns (run id, created). A role switched off (`[<role>] enabled = false`) is refused."""
     if not cfg.role(role).enabled:
@@ -37,7 +37,7 @@ def enqueue(cfg: Config, store: Store, role: str, *, kind: str, now: float, urge
         store.save_role_trigger(role, **{f"last_fire_{kind}": now})
 
     run_id, created = queue_run(cfg, store, role, reason=kind, trigger=kind, urgent=urgent, now=now,
-                                on_queued=fired)
+                                on_queued=fired, on_progress=on_progress)
     if not created:
         with store.transaction():
             store.add_event("trigger_coalesced", role, now, trigger=kind, run=run_id, detail=detail)
@@ -49,8 +49,10 @@ def enqueue(cfg: Config, store: Store, role: str, *, kind: str, now: float, urge
 class TriggerStage:
     def __init__(self, cfg: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  probes: Probes | None = None, instant: Callable[[float], Instant] = now_instant,
-                 on_fire: Callable[[str, str], None] | None = None):
+                 on_fire: Callable[[str, str], None] | None = None,
+                 keep_alive: Callable[[], object] = lambda: None):
         self.cfg, self.store, self.clock, self.instant = cfg, store, clock, instant
+        self.keep_alive = keep_alive  # called while a big dataset snapshot is written
         self.probes = probes or Probes([cfg.data_dir, cfg.models_dir], power_file=cfg.defer.test_power_file)
         self.on_fire = on_fire
         self._counts_key: Any = None
@@ -91,7 +93,8 @@ class TriggerStage:
         if d.action == "fire":
             assert d.kind is not None
             try:
-                run_id, _ = enqueue(self.cfg, self.store, role, kind=d.kind, now=now.wall, detail=d.detail)
+                run_id, _ = enqueue(self.cfg, self.store, role, kind=d.kind, now=now.wall, detail=d.detail,
+                                    on_progress=self.keep_alive)
             except TrainingError as exc:  # nothing to train after all (all new records held out): try later
                 log.warning("trigger_failed", role=role, trigger=d.kind, error=str(exc))
                 with self.store.transaction():
