@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok; 1 daemon not running or stale (status), a runtime failure, a foreground training run that
 did not succeed or whose candidate was rejected, or a publish that failed; 2 invalid config or usage, or store
-not initialised (status); 3 another iceburgd holds the data directory.
+not initialised (status); 3 another iceburgd holds the data directory; 4 `service` on a system without
+launchctl.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
     _data_parser(sub)
-    from iceburg_daemon import cli_models, cli_train, cli_trigger
+    from iceburg_daemon import cli_models, cli_service, cli_train, cli_trigger
 
     cli_train.add_parsers(sub)
     cli_trigger.add_parsers(sub)
     cli_models.add_parsers(sub)
+    cli_service.add_parsers(sub)
     index = sub.add_parser("index", help="the filter's vector index (derived data)")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     rebuild = index_sub.add_parser("rebuild", help="re-embed every accepted record into a fresh index")
@@ -98,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"valid": False, "problems": exc.problems}, indent=2))
+        elif args.command == "run":  # one line in launchd's error log, so a restart loop says why at a glance
+            print(f"iceburgd: invalid configuration: {'; '.join(exc.problems)}", file=sys.stderr)
         else:
             print(f"iceburgd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -126,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iceburg_daemon.cli_models import run_models
 
             return run_models(cfg, args)
+        if args.command == "service":
+            from iceburg_daemon.cli_service import run as run_service
+
+            return run_service(cfg, args)
         if args.command in ("train", "runs", "base"):
             from iceburg_daemon import cli_train
 
@@ -143,9 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(cfg: Config, *, once: bool) -> int:
     from iceburg_daemon.daemon import Daemon
 
-    configure_logs(level=cfg.logs.level, log_dir=cfg.logs_dir, max_bytes=cfg.logs.max_bytes,
-                   backups=cfg.logs.backups)
-    return Daemon(cfg).run(once=once)
+    try:
+        configure_logs(level=cfg.logs.level, log_dir=cfg.logs_dir, max_bytes=cfg.logs.max_bytes,
+                       backups=cfg.logs.backups)
+        return Daemon(cfg).run(once=once)
+    except OSError as exc:  # an unusable data folder (a file, no permission, read-only): one line, no traceback
+        where = exc.filename or cfg.data_dir
+        print(f"iceburgd: cannot use {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _status(cfg: Config, *, as_json: bool) -> int:
