@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--every", type=float, default=30.0)
     ap.add_argument("--semantic", action="store_true", help="hash embedder: the semantic filter on")
+    ap.add_argument("--after", type=float, default=0.0, help="keep sampling this long once all are judged (the"
+                    " triggers then freeze each role's dataset for its first run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -86,6 +88,7 @@ def main() -> None:
         daemon = subprocess.Popen([sys.executable, "-m", "iceburg_daemon", "--config", str(cfg_path), "run"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         start, last, peak, curve = time.monotonic(), (0, 0), 0.0, []
+        judged_at: float | None = None
         print(f"{'t (s)':>7} {'ingested':>10} {'judged':>10} {'ingest/s':>9} {'judge/s':>9} {'RSS MB':>7}")
         try:
             while True:
@@ -98,10 +101,12 @@ def main() -> None:
                 curve.append((t, *now, *rates, rss))
                 print(f"{t:7.0f} {now[0]:10,} {now[1]:10,} {rates[0]:9,.0f} {rates[1]:9,.0f} {rss:7.0f}", flush=True)
                 last = now
-                if now[1] >= args.n or daemon.poll() is not None:
+                if now[1] >= args.n and judged_at is None:
+                    judged_at = t  # sampled: the last interval may hold some idle time
+                if (judged_at is not None and t - judged_at >= args.after) or daemon.poll() is not None:
                     break
         finally:
-            took = time.monotonic() - start  # sampled: the last interval may hold some idle time
+            took = judged_at or (time.monotonic() - start)
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(300)
         db_bytes = sum(p.stat().st_size for p in cfg.data_dir.glob("iceburgd.sqlite3*"))
@@ -112,7 +117,8 @@ def main() -> None:
     print(f"\nall judged in {took:.0f} s: {args.n / took:,.0f} records/s ingest + filter, end to end")
     print(f"judging rate, first third of the run {mean(first):,.0f}/s, last third {mean(final):,.0f}/s"
           f" (ratio {mean(final) / max(mean(first), 1e-9):.2f})")
-    print(f"peak RSS, daemon and children: {peak:.0f} MB (target < 1,024 MB)")
+    print(f"peak RSS, daemon and children: {peak:.0f} MB (target < 1,024 MB)"
+          + (f", including {args.after:.0f} s after the last verdict" if args.after else ""))
     print(f"store on disk: {db_bytes / 1e9:.2f} GB = {db_bytes / args.n:,.0f} B/record")
 
 

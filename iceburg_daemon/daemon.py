@@ -88,6 +88,7 @@ class Daemon:
         for folder in (self.cfg.data_dir, self.cfg.models_dir):
             os.chmod(folder, 0o700)  # records, logs and weights are private, even in a folder made beforehand
         self.store = Store.open(self.cfg.db_path)
+        self.metrics.watch_store(self.cfg.db_path, (self.cfg.inbox_dir, self.cfg.processing_dir), now=self.clock())
         self.chain = FilterChain(self.cfg, self.store, clock=self.clock)
         self._prepare_semantic_index()
         self.runners = [Runner(self.cfg, self.store, clock=self.clock, on_finish=self._run_finished)
@@ -195,7 +196,8 @@ class Daemon:
         without it, and status says why (kept in the store's meta table)."""
         assert self.store is not None
         try:
-            server = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+            server = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port, db_path=self.cfg.db_path,
+                                        stale_after=self.cfg.daemon.stale_after_seconds)
         except OSError as exc:
             problem = f"cannot listen on {self.cfg.metrics.host}:{self.cfg.metrics.port}: {exc.strerror or exc}"
             log.error("metrics_unavailable", reason=problem)
@@ -350,12 +352,15 @@ class Daemon:
     def filter_records(self) -> None:
         assert self.chain is not None
         limit = self.cfg.quality.batch_size * FILTER_BATCHES_PER_TICK
+        started = time.perf_counter()
         try:
             judged = self.chain.run(should_stop=self.keep_alive, limit=limit)
         except Exception as exc:  # noqa: BLE001 - a filter bug must not stop the loop; pending records wait for a fix
             stage_failed(exc, stage="filter")
             return
         self.metrics.count_verdicts(judged)
+        if judged:  # an idle pass is not a filter pass
+            self.metrics.filter_seconds.observe(time.perf_counter() - started)
         self._filter_backlog = sum(judged.values()) >= limit
         if self._filter_backlog:
             self.wake.set()  # more is waiting: beat the heartbeat, then go straight on
