@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest files in place (not moved), with the inbox's rules")
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
+    drop = sub.add_parser("drop", help="copy files into the inbox safely (temporary name, fsync, rename)")
+    drop.add_argument("paths", nargs="+", type=Path)
+    drop.add_argument("--json", action="store_true")
     _data_parser(sub)
     from iceburg_daemon import cli_models, cli_service, cli_train, cli_trigger
 
@@ -114,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cfg, as_json=args.json)
         if args.command == "ingest":
             return _ingest(cfg, args.paths, as_json=args.json)
+        if args.command == "drop":
+            return _drop(cfg, args.paths, as_json=args.json)
         if args.command == "index":
             from iceburg_daemon.cli_data import rebuild_index
 
@@ -173,6 +178,23 @@ def _status(cfg: Config, *, as_json: bool) -> int:
 
         Console().print(render(snapshot, now))
     return exit_code(snapshot)
+
+
+def _drop(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
+    from iceburg_daemon.inbox import drop
+
+    report = []
+    for path in paths:
+        try:
+            report.append({"path": str(path), "dropped": str(drop(path, cfg.inbox_dir))})
+        except OSError as exc:
+            report.append({"path": str(path), "error": exc.strerror or str(exc)})
+    if as_json:
+        print(json.dumps(report, indent=2))
+    for r in report if not as_json else []:
+        print(f"{r['path']} -> {r['dropped']}" if "dropped" in r else f"iceburgd: {r['path']}: {r['error']}",
+              file=sys.stdout if "dropped" in r else sys.stderr)
+    return EXIT_FAILURE if any("error" in r for r in report) else EXIT_OK
 
 
 def _expand(paths: list[Path]) -> list[Path]:

@@ -110,6 +110,31 @@ def _fit(name: str, limit: int) -> str:
     return stem + suffix
 
 
+def drop(source: Path, inbox: Path) -> Path:
+    """`iceburgd drop`: copy a file into the inbox the safe way: a hidden temporary name (never claimed), fsync,
+    then a link under its own name that never replaces another file (`name-1.jsonl`, ... when taken)."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    tmp = inbox / f".{source.name}.{os.getpid()}.drop"
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    kind = file_kind(source)
+    stem, suffix = (source.name[: -len(kind) - 1], "." + kind) if kind else (source.name, "")
+    try:
+        for n in range(10_000):
+            target = inbox / (f"{stem}{suffix}" if n == 0 else f"{stem}-{n}{suffix}")
+            try:
+                os.link(tmp, target)  # atomic, and fails instead of replacing a file of the same name
+                return target
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free name for {source.name} in {inbox}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def pending(processing: Path) -> list[Path]:
     """Claimed files, oldest claim first (names start with the claim time). Includes a crashed run's files."""
     try:

@@ -128,6 +128,7 @@ def child_command(cfg: Config, run_dir: Path, python: str = sys.executable) -> l
 def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.setdefault("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "1.0")  # stay inside macOS's recommended GPU working set
+    env.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")  # an op missing on MPS runs on the CPU, not failing the run
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

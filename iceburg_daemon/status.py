@@ -51,7 +51,7 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
                       "processing": len(pending(cfg.processing_dir)),
                       "skipped": [{"name": p.name, "reason": r} for p, r in found.skipped]},
             "files": store.file_state_counts(),
-            "records": [{"role": r["role"], "kind": r["kind"], "count": r["n"]} for r in store.record_counts()],
+            "records": _records(store),
             "quarantined": {r["reason"]: r["n"] for r in store.quarantine_counts()},
             "verdicts": _verdicts(store),
             "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
@@ -105,6 +105,16 @@ def _models(cfg: Config, store: Store) -> list[dict[str, Any]]:
              "publish_error": c["publish_error"]} for c in store.champions()]
 
 
+def _records(store: Store) -> list[dict[str, Any]]:
+    """Per role and kind: how many, and how many of them the filter accepted and rejected (signals are never
+    judged: None)."""
+    judged = store.verdicts_by_kind()
+    return [{"role": r["role"], "kind": r["kind"], "count": r["n"],
+             "accepted": judged.get((r["role"], r["kind"]), {}).get("accept", 0) if r["kind"] != "signal" else None,
+             "rejected": judged.get((r["role"], r["kind"]), {}).get("reject", 0) if r["kind"] != "signal" else None}
+            for r in store.record_counts()]
+
+
 def _verdicts(store: Store) -> dict[str, Any]:
     roles: dict[str, dict[str, int]] = {}
     for row in store.verdict_counts():
@@ -152,8 +162,8 @@ def render(snapshot: dict[str, Any], now: float) -> Any:
     for col in ("role", "kind", "count", "accepted", "rejected"):
         records.add_column(col, justify="left" if col in ("role", "kind") else "right")
     for r in snapshot["records"]:
-        v = snapshot["verdicts"]["roles"].get(r["role"], {}) if r["kind"] != "signal" else {}
-        records.add_row(r["role"], r["kind"], str(r["count"]), str(v.get("accepted", "")), str(v.get("rejected", "")))
+        records.add_row(r["role"], r["kind"], str(r["count"]), "" if r["accepted"] is None else str(r["accepted"]),
+                        "" if r["rejected"] is None else str(r["rejected"]))
     quarantine = Table(title="quarantined", title_justify="left")
     quarantine.add_column("reason")
     quarantine.add_column("count", justify="right")

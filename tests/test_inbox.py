@@ -163,3 +163,18 @@ def test_a_file_leaves_processing_only_once_its_state_is_in_the_database_file(cf
     assert synced.file_state_counts() == {"done": 1, "quarantined": 1}
     synced.close()
     store.close()
+
+
+def test_drop_copies_into_the_inbox_safely_and_never_replaces_a_file(tmp_path):
+    from iceburg_daemon.testing import iceburgd, write_config
+
+    cfg_path = write_config(tmp_path / "home")
+    source = tmp_path / "usage.jsonl"
+    source.write_text('{"a": 1}\n')
+    first = iceburgd("drop", str(source), "--json", config=cfg_path)
+    second = iceburgd("drop", str(source), str(tmp_path / "missing.jsonl"), config=cfg_path)
+    assert first.returncode == 0 and second.returncode == 1 and "missing.jsonl" in second.stderr
+    inbox = tmp_path / "home" / "data" / "inbox"
+    assert json.loads(first.stdout) == [{"path": str(source), "dropped": str(inbox / "usage.jsonl")}]
+    assert sorted(p.name for p in inbox.iterdir()) == ["usage-1.jsonl", "usage.jsonl"]  # no temporary left
+    assert (inbox / "usage-1.jsonl").read_text() == source.read_text() and source.exists()

@@ -336,3 +336,14 @@ def test_a_child_that_keeps_crashing_fails_after_max_attempts(tmp_path):
     hint = " (out of memory? lower micro_batch or max_length, or set gradient_checkpointing)"  # nobody here sent it
     assert seen == [("interrupted", "killed by SIGKILL" + hint)] * 2
     assert (final["status"], final["reason"], final["attempts"]) == ("failed", "too_many_attempts", 2)
+
+
+def test_the_training_child_environment_is_pinned():
+    """What every training and evaluation child gets (the manifest records the device and dtype it used)."""
+    from iceburg_daemon.runner import child_env
+
+    env = child_env({"PATH": "/usr/bin", "PYTORCH_ENABLE_MPS_FALLBACK": "0"})
+    assert env == {"PATH": "/usr/bin", "PYTORCH_ENABLE_MPS_FALLBACK": "0", "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "1.0",
+                   "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+                   "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}  # a user's own choice is kept
+    assert child_env({})["PYTORCH_ENABLE_MPS_FALLBACK"] == "1"

@@ -140,6 +140,14 @@ class VerdictQueries:
             (role, role),
         ).fetchall()
 
+    def verdicts_by_kind(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(role, kind) -> {"accept": n, "reject": n} over current verdicts."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for row in self.conn.execute("SELECT r.role, r.kind, v.verdict, COUNT(*) AS n FROM verdicts v JOIN records r"
+                                     " ON r.id = v.record_id WHERE v.current = 1 GROUP BY r.role, r.kind, v.verdict"):
+            out.setdefault((row["role"], row["kind"]), {})[row["verdict"]] = row["n"]
+        return out
+
     def unfiltered_count(self) -> int:
         return int(self.conn.execute(
             "SELECT COUNT(*) FROM records r WHERE r.kind IN ('sft', 'preference') AND NOT EXISTS"
