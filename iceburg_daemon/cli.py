@@ -41,12 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("paths", nargs="+", type=Path)
     drop.add_argument("--json", action="store_true")
     _data_parser(sub)
-    from iceburg_daemon import cli_models, cli_service, cli_train, cli_trigger
+    from iceburg_daemon import cli_logs, cli_models, cli_service, cli_train, cli_trigger
 
     cli_train.add_parsers(sub)
     cli_trigger.add_parsers(sub)
     cli_models.add_parsers(sub)
     cli_service.add_parsers(sub)
+    cli_logs.add_parsers(sub)
     index = sub.add_parser("index", help="the filter's vector index (derived data)")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     rebuild = index_sub.add_parser("rebuild", help="re-embed every accepted record into a fresh index")
@@ -135,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iceburg_daemon.cli_models import run_models
 
             return run_models(cfg, args)
+        if args.command == "logs":
+            from iceburg_daemon.cli_logs import run as run_logs
+
+            return run_logs(cfg, args)
         if args.command == "service":
             from iceburg_daemon.cli_service import run as run_service
 

@@ -104,7 +104,8 @@ def test_a_real_prometheus_scrapes_a_daemon_through_the_whole_chain(tmp_path, ti
     write_jsonl(inbox / "usage.jsonl", [json.dumps(fact_record(f"site{i}", "teal")) for i in range(60)]
                 + ['{"broken'])
     config = (MONITORING / "prometheus.yml").read_text().replace("127.0.0.1:9477", f"127.0.0.1:{port}")
-    config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("- alerts.yml",
+    config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace(
+        "evaluation_interval: 15s", "evaluation_interval: 1s").replace("- alerts.yml",
                                                                                   f"- {MONITORING / 'alerts.yml'}")
     (tmp_path / "prometheus.yml").write_text(config)
     daemon = spawn_daemon(cfg_path)
@@ -126,8 +127,8 @@ def test_a_real_prometheus_scrapes_a_daemon_through_the_whole_chain(tmp_path, ti
         stages = {r["metric"]["stage"] for r in _query(api, "iceburg_stage_last_success_timestamp_seconds")
                   ["data"]["result"]}
         assert stages == {"ingest", "sources", "filter", "train", "evaluate", "promote", "publish"}
-        rules = json.loads(_get(f"{api}/api/v1/rules")[1])["data"]["groups"][0]["rules"]
-        assert len(rules) == 9 and all(r["health"] == "ok" for r in rules)
+        rules = wait_for(lambda: _healthy_rules(api), 60, "every rule evaluated and healthy")
+        assert len(rules) == 9
         code, scrape = _get(f"http://127.0.0.1:{port}/metrics")
         assert code == 200
         _check_names(scrape.decode())
@@ -147,6 +148,11 @@ def test_a_real_prometheus_scrapes_a_daemon_through_the_whole_chain(tmp_path, ti
         prom.wait(30)
         daemon.wait(120)
         ollama.close()
+
+
+def _healthy_rules(api: str) -> list | None:
+    rules = json.loads(_get(f"{api}/api/v1/rules")[1])["data"]["groups"][0]["rules"]
+    return rules if all(r["health"] == "ok" for r in rules) else None  # "unknown" until first evaluated
 
 
 def _port_open(port: int) -> bool:
