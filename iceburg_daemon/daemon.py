@@ -78,6 +78,7 @@ class Daemon:
         self._filter_backlog = False  # the last filter pass stopped at its limit: more records are waiting
         self._last_beat = float("-inf")
         self._disk_low = False
+        self._work_since: float | None = None  # when input work last resumed (for input_share_while_training)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -223,6 +224,7 @@ class Daemon:
     # ---- one pass --------------------------------------------------------------------------------------------
     def tick(self) -> None:
         started = time.perf_counter()
+        self._work_since = None  # the wait before this pass is not work
         taking_input = self._disk_has_room()  # a full disk stops new input; nothing already taken is lost
         if taking_input:
             self._guarded("inbox", self.ingest_inbox)
@@ -465,11 +467,18 @@ class Daemon:
 
     def keep_alive(self) -> bool:
         """The `should_stop` handed to long stages (a big file, a Chroma read, a filter backlog, an index
-        rebuild): beats the heartbeat when it is due, between their transactions, so status never calls a busy
-        daemon stale; answers whether a shutdown was asked for."""
+        rebuild), called between their batches and transactions: beats the heartbeat when it is due, so status
+        never calls a busy daemon stale; while a child trains, pauses so this work takes at most
+        [training] input_share_while_training of the time; answers whether a shutdown was asked for."""
         if self.store is not None and not self.store.conn.in_transaction and \
                 self.clock() - self._last_beat >= self.cfg.daemon.heartbeat_seconds:
             self._guarded("heartbeat", self.heartbeat)
+        share = self.cfg.training.input_share_while_training
+        if share < 1 and (self.training_busy or (self.evaluator is not None and self.evaluator.busy)):
+            now = time.monotonic()
+            if self._work_since is not None:  # worked since the last call: pause (3x as long at 0.25)
+                self.stopping.wait(min((now - self._work_since) * (1 / share - 1), 5.0))
+            self._work_since = time.monotonic()
         return self.stopping.is_set()
 
     def heartbeat(self) -> None:

@@ -132,3 +132,28 @@ def test_a_slow_chroma_read_beats_the_heartbeat_while_it_waits(tmp_path, fixture
     daemon.sync_sources()  # the reader child sleeps, then fails (no output): the wait polled the clock
     assert len(beats) >= 3
     daemon.close()
+
+
+def test_input_work_pauses_to_its_share_while_a_child_trains(tmp_path, monkeypatch):
+    """[training] input_share_while_training = 0.25: between batches the daemon pauses three times as long as it
+    worked, so a flood into the inbox leaves the training child most of the machine; without a child, no pause."""
+    cfg = load_config(write_config(tmp_path / "home", "[inbox]\nsettle_seconds = 0.0\nbatch_size = 20\n"
+                                                      "[quality]\nmode = 'paused'\n"),
+                      env={})
+    daemon = Daemon(cfg, metrics=Metrics())
+    daemon.open()
+    pauses: list[float] = []
+    monkeypatch.setattr(daemon.stopping, "wait", lambda seconds: pauses.append(seconds) or False)
+    try:
+        write_jsonl(cfg.inbox_dir / "a.jsonl", chat_lines(400, answer_bytes=200, seed=1))
+        daemon.tick()
+        assert pauses == []  # nothing training: full speed
+        monkeypatch.setattr(Daemon, "training_busy", property(lambda self: True))
+        write_jsonl(cfg.inbox_dir / "b.jsonl", chat_lines(400, answer_bytes=200, seed=2))
+        started = time.monotonic()
+        daemon.ingest_inbox()
+        worked = time.monotonic() - started  # the pauses were recorded, not slept
+    finally:
+        daemon.close()
+    assert len(pauses) >= 15  # one per batch after the first
+    assert 2.0 * worked < sum(pauses) <= 3.0 * worked + 0.01
