@@ -89,7 +89,8 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
                               "train": row["train_count"], "eval": row["eval_count"]},
                   f"{run_id}: {what}; {row['train_count']} train / {row['eval_count']} eval records")
             return EXIT_OK
-        status = _foreground(cfg, store, run_id, progress=sys.stderr.isatty() and not args.json)
+        mode = "off" if args.json else "bar" if sys.stderr.isatty() else "lines"
+        status = _foreground(cfg, store, run_id, progress=mode)
         if status == RunStatus.TRAINED.value:  # the whole chain, here: evaluate, gate, promote, publish
             status = _release(cfg, store, run_id, quiet=args.json)
         row = store.run(run_id)
@@ -105,7 +106,7 @@ def _daemon_running(cfg: Config) -> bool:
     return bool(collect(cfg, now=time.time())["running"])
 
 
-def _foreground(cfg: Config, store: Store, run_id: str, *, progress: bool) -> str:
+def _foreground(cfg: Config, store: Store, run_id: str, *, progress: str) -> str:
     """Supervise the run in this process. Ctrl-C reaches the child too (same process group): it checkpoints
     and the run is left interrupted, for the daemon (or another `train`) to resume."""
     runner = Runner(cfg, store)
@@ -146,9 +147,15 @@ def _release(cfg: Config, store: Store, run_id: str, *, quiet: bool) -> str:
 
 
 class _Bar:
-    def __init__(self, enabled: bool):
-        self.enabled, self.progress, self.task = enabled, None, None
-        if enabled:
+    """Training progress on stderr: a bar on a terminal ("bar"), a line every LINE_SECONDS when piped ("lines",
+    so a log or CI shows it advancing), nothing with --json ("off")."""
+
+    LINE_SECONDS = 5.0
+
+    def __init__(self, mode: str):
+        self.enabled, self.progress, self.task = mode == "bar", None, None
+        self.lines, self._last_line, self._phase = mode == "lines", 0.0, None
+        if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -157,11 +164,18 @@ class _Bar:
             self.task = self.progress.add_task("starting", total=None, info="")
 
     def show(self, p: dict[str, Any]) -> None:
-        if not self.enabled or not p:
+        if not p or not (self.enabled or self.lines):
             return
         info = (f"loss {p['loss']:.4f} lr {p['lr']:.2e} {p['tokens_per_s']:.0f} tok/s" if "loss" in p else "")
         if p.get("micro_done"):
             info += f" (step {p.get('step', 0) + 1}: micro-batch {p['micro_done']}/{p['micro_total']} done)"
+        if self.lines:  # a new phase, or LINE_SECONDS since the last line
+            if p.get("phase") != self._phase or time.monotonic() - self._last_line >= self.LINE_SECONDS:
+                self._last_line, self._phase = time.monotonic(), p.get("phase")
+                step = f" step {p['step']}/{p['total']}" if p.get("total") else ""
+                eta = f" eta {p['eta_s']:.0f}s" if isinstance(p.get("eta_s"), (int, float)) else ""
+                print(f"{p.get('phase', '')}{step} {info}{eta}".rstrip(), file=sys.stderr, flush=True)
+            return
         self.progress.update(self.task, description=p.get("phase", ""), total=p.get("total"),
                              completed=p.get("step", 0), info=info)
 

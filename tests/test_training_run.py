@@ -259,7 +259,12 @@ def test_out_of_memory_retries_once_with_half_the_micro_batch(tmp_path, tiny_bas
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["oom_retries"] == [{"step": 3, "micro_batch": 2, "grad_accum": 2}]
-    assert [c["step"] for c in _jsonl(run_dir / "curves.jsonl")] == [1, 2, 3, 4, 5, 6]
+    curves = _jsonl(run_dir / "curves.jsonl")
+    assert [c["step"] for c in curves] == [1, 2, 3, 4, 5, 6]
+    # the real epoch (data passes) also with max_steps set: it was reported as 0.0
+    epochs = [c["epoch"] for c in curves]
+    assert 0 < epochs[0] < epochs[-1] and epochs == sorted(epochs)
+    assert json.loads((run_dir / "progress.json").read_text())["epoch"] == epochs[-1]
 
 
 def test_multi_gpu_launchers_wrap_the_same_child(cfg):
@@ -347,3 +352,21 @@ def test_the_training_child_environment_is_pinned():
                    "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}  # a user's own choice is kept
     assert child_env({})["PYTORCH_ENABLE_MPS_FALLBACK"] == "1"
+
+
+def test_foreground_progress_piped_is_a_line_per_phase_and_every_few_seconds(capsys, monkeypatch):
+    from iceburg_daemon.cli_train import _Bar
+
+    bar = _Bar("lines")
+    monkeypatch.setattr(_Bar, "LINE_SECONDS", 3600.0)
+    bar.show({"phase": "loading_base"})
+    bar.show({"phase": "training", "step": 1, "total": 40, "loss": 2.5, "lr": 1e-3, "tokens_per_s": 310.0,
+              "eta_s": 12.0})
+    bar.show({"phase": "training", "step": 2, "total": 40, "loss": 2.4, "lr": 1e-3, "tokens_per_s": 300.0})
+    monkeypatch.setattr(_Bar, "LINE_SECONDS", 0.0)
+    bar.show({"phase": "training", "step": 3, "total": 40, "loss": 2.3, "lr": 1e-3, "tokens_per_s": 305.0})
+    assert capsys.readouterr().err.splitlines() == [
+        "loading_base", "training step 1/40 loss 2.5000 lr 1.00e-03 310 tok/s eta 12s",
+        "training step 3/40 loss 2.3000 lr 1.00e-03 305 tok/s"]
+    _Bar("off").show({"phase": "training", "step": 4, "total": 40})
+    assert capsys.readouterr().err == ""

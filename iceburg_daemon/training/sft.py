@@ -6,6 +6,7 @@ schedule."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ class Trainer:
         self.device, self.pad_id, self.progress, self.should_stop = device, pad_id, progress, should_stop
         self.rows_per_step = rows_per_step(examples, s)
         self.plan = plan_steps(examples, s)
+        # Passes over the data by the end of each step (the real epoch, with or without max_steps).
+        self._seen = list(itertools.accumulate(sum(len(row) for row in step) for step in self.plan))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule(len(self.plan), s.warmup_ratio))
@@ -171,7 +174,7 @@ class Trainer:
         return stop
 
     def _epoch_of(self, g: int) -> float:
-        return round(self.s.epochs * (g + 1) / len(self.plan), 3) if self.s.max_steps <= 0 else 0.0
+        return round(self._seen[g] / max(len(self.examples), 1), 3)
 
     def _step(self, g: int) -> tuple[float, int]:
         """Forward/backward of one optimizer step; on out-of-memory, once: half the micro-batch, twice the
