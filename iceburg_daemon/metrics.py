@@ -15,7 +15,6 @@ import os
 import platform
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from itertools import groupby, takewhile
 from pathlib import Path
 from threading import Thread
 from typing import Any, Iterator
@@ -236,9 +235,8 @@ class StoreCollector(Collector):
         yield promotions
         streak = GaugeMetricFamily("iceburg_gate_rejections_in_a_row", "Candidates the gate rejected since the"
                                    " role's last promoted one.", labels=["role"])
-        rows = store.conn.execute("SELECT role, decision FROM model_versions ORDER BY role, version DESC")
-        for role, newest_first in groupby(rows, key=lambda r: r["role"]):
-            streak.add_metric([role], sum(1 for _ in takewhile(lambda r: r["decision"] == "rejected", newest_first)))
+        for role, n in sorted(store.rejections_in_a_row().items()):
+            streak.add_metric([role], n)
         yield streak
         scores = GaugeMetricFamily("iceburg_eval_score", "The latest evaluated candidate of each role and its"
                                    " baseline, per metric (losses lower is better).", labels=["role", "model",

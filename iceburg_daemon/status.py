@@ -13,7 +13,7 @@ from iceburg_daemon.inbox import pending, scan
 from iceburg_daemon.runner import pid_alive
 from iceburg_daemon.store import Store
 from iceburg_daemon.trigger.clock import now_instant
-from iceburg_daemon.trigger.explain import role_view, sentence
+from iceburg_daemon.trigger.explain import role_view
 
 EXIT_HEALTHY, EXIT_NOT_RUNNING, EXIT_NOT_INITIALISED = 0, 1, 2
 
@@ -37,11 +37,13 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
                 state = "running"
         found = scan(cfg.inbox_dir, now=now, settle_seconds=cfg.inbox.settle_seconds,
                      open_settle_seconds=cfg.inbox.open_settle_seconds)
-        return {
+        snapshot = {
             "initialised": True,
             "running": state == "running",
             "state": state,
             "pid": pid,
+            "uptime_s": round(now - beat["started_at"]) if beat is not None and state == "running" else None,
+            "activity": _activity(store) if state == "running" else None,
             "heartbeat_age_s": None if age is None else round(age, 3),
             "version": beat["version"] if beat else None,
             "data_dir": str(cfg.data_dir),
@@ -57,12 +59,84 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
                          "failures": s["failures"], "items": s["items"], "last_sync": s["last_sync"],
                          "next_attempt": s["next_attempt"]} for s in store.sources()],
-            "roles": [role_view(cfg, store, role, now_instant(now)) for role in ROLES if cfg.role(role).enabled],
+            "roles": [_role(cfg, store, role, now) for role in ROLES if cfg.role(role).enabled],
             "runs": [_run_line(r) for r in store.runs(limit=5)],
             "events": [{"ts": e["ts"], "kind": e["kind"], "subject": e["subject"]} for e in store.recent_events(8)],
         }
+        snapshot["needs_you"] = _needs_you(cfg, store, snapshot, now)
+        return snapshot
     finally:
         store.close()
+
+
+def _activity(store: Store) -> str:
+    """What the daemon is doing, from the store: the child it supervises, else the file or backlog at hand."""
+    for run in store.runs_in(["running"]):
+        p = json.loads(run["progress"]) if run["progress"] else {}
+        if p.get("step") is not None and p.get("total"):
+            eta = f", ETA {p['eta_s']:.0f}s" if isinstance(p.get("eta_s"), (int, float)) else ""
+            return f"training {run['role']} ({run['id']}): step {p['step']} of {p['total']}{eta}"
+        return f"training {run['role']} ({run['id']}): {p.get('phase', 'starting')}"
+    for run in store.runs_in(["evaluating"]):
+        return f"evaluating {run['role']} ({run['id']})"
+    for row in store.conn.execute("SELECT name, byte_offset, size FROM files WHERE state = 'ingesting' LIMIT 1"):
+        share = f" ({100 * row['byte_offset'] / row['size']:.0f} %)" if row["size"] else ""
+        return f"ingesting {row['name']}{share}"
+    waiting = store.unfiltered_count()
+    if waiting:
+        return f"filtering: {waiting} record(s) waiting"
+    for champ in store.champions():
+        if champ["alias_version"] != champ["version"] and champ["publish_next"] is None:
+            return f"publishing {champ['role']} v{champ['version']}"
+    return "idle"
+
+
+def _role(cfg: Config, store: Store, role: str, now: float) -> dict[str, Any]:
+    """The trigger's view of a role, plus its champion (version, held-out loss, alias) and its last run."""
+    view = role_view(cfg, store, role, now_instant(now))
+    champ = store.champion(role)
+    version = store.version(role, champ["version"]) if champ else None
+    run = store.run(version["run_id"]) if version else None
+    evaluation = json.loads(run["evaluation"]) if run is not None and run["evaluation"] else {}
+    view["champion"] = None if champ is None else {
+        "version": champ["version"], "alias_in_sync": champ["alias_version"] == champ["version"],
+        "held_out_loss": (evaluation.get("candidate") or {}).get("held_out_loss")}
+    last = store.runs(role, limit=1)
+    view["last_run"] = None if not last else {"id": last[0]["id"], "status": last[0]["status"],
+                                              "reason": last[0]["reason"], "finished_at": last[0]["finished_at"]}
+    return view
+
+
+def _needs_you(cfg: Config, store: Store, snap: dict[str, Any], now: float) -> list[str]:
+    """What a person should do something about, each with the command that helps."""
+    out = []
+    if snap["state"] in ("stopped", "dead", "stale", "never_started"):
+        out.append(f"the daemon is {snap['state'].replace('_', ' ')}: start it (`iceburgd service install` on a"
+                   " Mac, or `iceburgd run`); `iceburgd logs --level warning` says why it stopped")
+    for view in snap["roles"]:
+        role, last = view["role"], view["last_run"]
+        if view["needs_attention"]:
+            out.append(f"{role} stopped training after {view['failures']} failed runs: fix the cause, then"
+                       f" `iceburgd trigger reset {role}`")
+        elif last and last["status"] == "failed":
+            out.append(f"{role}'s last run failed ({last['reason']}): `iceburgd runs show {last['id']}`")
+    for role, n in sorted(store.rejections_in_a_row().items()):
+        if n >= 3:
+            out.append(f"the gate rejected the last {n} candidates of {role}: read their eval.md"
+                       f" (`iceburgd models list --role {role}`)")
+    for champ in store.champions():
+        if cfg.publish.enabled and champ["publish_next"] == -1:
+            out.append(f"publishing {champ['role']} v{champ['version']} to Ollama failed and is not retried"
+                       f" ({champ['publish_error']}): fix it, then `iceburgd publish {champ['role']}`")
+    for source in snap["sources"]:
+        if source["health"] == "unhealthy":
+            out.append(f"source {source['name']} cannot be read ({source['reason']}); retried automatically")
+    whole = store.conn.execute("SELECT COUNT(*) FROM files WHERE state = 'quarantined' AND finished_at >= ?",
+                               (now - 86400,)).fetchone()[0]
+    if whole:
+        out.append(f"{whole} inbox file(s) quarantined whole in the last 24 h: see {cfg.quarantine_dir}"
+                   " and `iceburgd logs --event file_quarantined`")
+    return out
 
 
 def _warnings(cfg: Config, store: Store, now: float) -> list[str]:
@@ -138,67 +212,9 @@ def exit_code(snapshot: dict[str, Any]) -> int:
     return EXIT_HEALTHY if snapshot["running"] else EXIT_NOT_RUNNING
 
 
+
+
 def render(snapshot: dict[str, Any], now: float) -> Any:
-    """A rich renderable: a few small tables a person can read at a glance."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+    from iceburg_daemon.status_view import render as draw
 
-    if not snapshot["initialised"]:
-        return Text(f"iceburgd: not initialised — {snapshot['detail']}", style="yellow")
-    colour = "green" if snapshot["running"] else "red"
-    age = snapshot["heartbeat_age_s"]
-    head = Text.assemble(("iceburgd ", "bold"), (snapshot["state"], f"bold {colour}"),
-                         f"  pid {snapshot['pid']}  heartbeat {'-' if age is None else f'{age:.1f}s ago'}"
-                         f"  data {snapshot['data_dir']}")
-    warnings = Text("\n".join(f"warning: {w}" for w in snapshot["warnings"]), style="bold yellow")
-    inbox = snapshot["inbox"]
-    inbox_line = Text(f"inbox: {inbox['ready']} ready, {inbox['settling']} settling ({inbox['held_open']} held open"
-                      f" by a writer), {inbox['processing']} in"
-                      f" progress, {len(inbox['skipped'])} skipped; files: "
-                      + (", ".join(f"{k} {v}" for k, v in sorted(snapshot["files"].items())) or "none"))
-    records = Table(title=f"records ({snapshot['verdicts']['unfiltered']} waiting for the filter)",
-                    title_justify="left")
-    for col in ("role", "kind", "count", "accepted", "rejected"):
-        records.add_column(col, justify="left" if col in ("role", "kind") else "right")
-    for r in snapshot["records"]:
-        records.add_row(r["role"], r["kind"], str(r["count"]), "" if r["accepted"] is None else str(r["accepted"]),
-                        "" if r["rejected"] is None else str(r["rejected"]))
-    quarantine = Table(title="quarantined", title_justify="left")
-    quarantine.add_column("reason")
-    quarantine.add_column("count", justify="right")
-    for reason, n in snapshot["quarantined"].items():
-        quarantine.add_row(reason, str(n))
-    sources = Table(title="sources", title_justify="left")
-    for col in ("name", "health", "items", "last sync", "reason"):
-        sources.add_column(col)
-    for s in snapshot["sources"]:
-        last = "-" if s["last_sync"] is None else f"{now - s['last_sync']:.0f}s ago"
-        style = "green" if s["health"] == "healthy" else "red" if s["health"] == "unhealthy" else ""
-        sources.add_row(s["name"], Text(s["health"], style=style), str(s["items"]), last, (s["reason"] or "")[:80])
-    roles = Text("\n".join(sentence(v) for v in snapshot["roles"]) or "no roles enabled",
-                 style="red" if any(v["needs_attention"] for v in snapshot["roles"]) else "")
-    runs = Table(title="training runs", title_justify="left")
-    for col in ("run", "trigger", "status", "progress", "loss", "eval loss", "reason"):
-        runs.add_column(col)
-    for r in snapshot["runs"]:
-        step = f"{r['step']}/{r['total']}" if r["step"] is not None else (r["phase"] or "-")
-        eta = f" eta {r['eta_s']:.0f}s" if r["status"] == "running" and r["eta_s"] is not None else ""
-        runs.add_row(r["id"], r["trigger"] or "", r["status"], step + eta, _num(r["loss"]), _num(r["eval_loss"]), r["reason"] or "")
-    events = Table(title="recent events", title_justify="left")
-    events.add_column("age")
-    events.add_column("event")
-    events.add_column("subject")
-    for e in snapshot["events"]:
-        events.add_row(f"{now - e['ts']:.0f}s", e["kind"], e["subject"][:60])
-    models = Text("\n".join(
-        f"{m['role']}: champion v{m['champion']}, Ollama {m['alias']} -> "
-        + (f"v{m['alias_version']}" if m["alias_version"] else "not published") for m in snapshot["models"])
-        or "no champion yet (the first model that beats its base becomes one)")
-    return Group(head, *([warnings] if snapshot["warnings"] else []), inbox_line, records, quarantine, sources,
-                 Text("when roles train", style="italic"), roles, Text("models", style="italic"), models,
-                 runs, events)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return draw(snapshot, now)

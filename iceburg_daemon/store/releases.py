@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from itertools import groupby, takewhile
 from typing import Any, Iterable
 
 
@@ -64,6 +65,14 @@ class ReleaseQueries:
 
     def champion(self, role: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM champions WHERE role = ?", (role,)).fetchone()
+
+    def rejections_in_a_row(self) -> dict[str, int]:
+        """Per role with versions: how many candidates the gate rejected since its last promoted one."""
+        out: dict[str, int] = {}
+        rows = self.conn.execute("SELECT role, decision FROM model_versions ORDER BY role, version DESC")
+        for role, newest_first in groupby(rows, key=lambda r: r["role"]):
+            out[role] = sum(1 for _ in takewhile(lambda r: r["decision"] == "rejected", newest_first))
+        return out
 
     def champions(self) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM champions ORDER BY role").fetchall()
