@@ -43,9 +43,9 @@ class InboxConfig:
 
 @dataclass(frozen=True)
 class ChromaStoreConfig:
-    name: str
-    path: Path
-    enabled: bool = True
+    name: str  # letters, digits, '-', '_'; shown in status and metrics
+    path: Path  # the store's persist directory (read from a private snapshot, never written)
+    enabled: bool = True  # false: kept in the config, not synced
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    provider: Literal["none", "hash", "ollama", "onnx"] = "none"
+    provider: Literal["none", "hash", "ollama", "onnx"] = "none"  # the semantic filter's embedder; none: filter 8 off
     model: str = "nomic-embed-text"  # for ollama
     url: str = "http://127.0.0.1:11434"  # for ollama
     timeout_seconds: float = 60.0  # for ollama: one embedding call; a failure backs the filter off (30 s .. 10 min)
@@ -121,14 +121,14 @@ class LogsConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    enabled: bool = True
+    enabled: bool = True  # serve /metrics and /healthz
     host: str = "127.0.0.1"
-    port: int = 9477
+    port: int = 9477  # a port in use is logged and shown by status; the daemon runs on without it
 
 
 @dataclass(frozen=True)
 class RoleConfig:
-    enabled: bool = True
+    enabled: bool = True  # false: never trained (triggers, train and status skip it)
     publish_name: str = ""  # Ollama model name the ICEBURG agent uses; default iceburg-<role>:latest
     min_quality_score: float = 0.5  # a known quality_score below this rejects; null is unknown, never 0
     require_json: bool = False  # the answer must be ICEBURG's principle JSON (meant for oracle)

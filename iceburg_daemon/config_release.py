@@ -13,7 +13,7 @@ class EvalConfig:
     batch_size: int = 8  # prompts generated (left-padded) or scored at once
     max_items: int = 2000  # held-out records scored per evaluation (newest first beyond this)
     timeout_minutes: float = 120.0  # the evaluation child is stopped after this long; the run stays `trained`
-    seed: int = 0
+    seed: int = 0  # generation seed (greedy decoding is deterministic anyway)
     # Optional pairwise judge: an Ollama model name ("" = off) compares the candidate's and the baseline's suite
     # answers, in both orders; its win rate is reported (and gated by [gate] min_judge_win_rate when set)
     judge_model: str = ""
@@ -27,7 +27,7 @@ class GateConfig:
     min_improvement: float = 0.01  # relative: 0.01 = the primary metric at least 1 % better than the baseline
     alpha: float = 0.05  # one-sided significance level of the paired test
     test: Literal["permutation", "bootstrap"] = "permutation"  # on per-item loss differences
-    resamples: int = 10_000
+    resamples: int = 10_000  # permutations or bootstrap draws (exact below 16 items)
     min_eval_items: int = 20  # fewer paired items than this is a rejection (too_few_items), never a pass
     # Hand-written reference answers weigh on their own: the candidate's mean loss on them may be at most this
     # much (relative) above the baseline's, whatever the pooled loss says. A held-out split full of template
@@ -35,12 +35,12 @@ class GateConfig:
     max_reference_loss_rise: float = 0.0
     # guards: the candidate may be worse than the baseline by at most this much (absolute, on a 0-1 scale)
     max_pass_rate_drop: float = 0.05
-    max_distinct_2_drop: float = 0.05
-    max_repetition_rise: float = 0.05
-    max_template_echo_rise: float = 0.0
-    max_empty_rise: float = 0.05
+    max_distinct_2_drop: float = 0.05  # share of distinct word pairs in suite answers
+    max_repetition_rise: float = 0.05  # repeated 3-gram rate
+    max_template_echo_rise: float = 0.0  # answers matching the role's rejected template skeletons
+    max_empty_rise: float = 0.05  # empty answers
     min_judge_win_rate: float = 0.0  # with [eval] judge_model: the candidate must win at least this share
-    seed: int = 0
+    seed: int = 0  # of the permutation test / bootstrap
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,13 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class PublishConfig:
-    enabled: bool = True
+    enabled: bool = True  # false: champions are not pushed to Ollama
     ollama_host: str = ""  # "" = $OLLAMA_HOST, else http://127.0.0.1:11434
     quantize: Literal["", "q8_0", "q4_K_S", "q4_K_M"] = ""  # "" = publish the merged weights as they are
     timeout_seconds: float = 600.0  # one HTTP request (an upload or the create stream)
     retry_base_minutes: float = 1.0  # publish_pending retries, doubling
     retry_max_minutes: float = 60.0
-    smoke_prompt: str = "Say hello in one short sentence."
+    smoke_prompt: str = "Say hello in one short sentence."  # asked of a new version before the alias moves
 
 
 def validate_release(ev: EvalConfig, gate: GateConfig, reg: RegistryConfig, pub: PublishConfig,

@@ -18,7 +18,7 @@ class TrainingConfig:
     num_processes: int = 1  # processes (GPUs) for accelerate/torchrun
     timeout_minutes: float = 360.0  # wall-clock limit of one attempt; the run ends timed_out
     checkpoint_every_steps: int = 50  # 0 = only by time
-    checkpoint_every_minutes: float = 10.0
+    checkpoint_every_minutes: float = 10.0  # also every checkpoint_every_steps
     allow_download: bool = False  # fetch a Hugging Face base that is not in the local cache
     eval_percent: float = 10.0  # share of records (by content hash) held out for evaluation, for good
     max_attempts: int = 3  # starts per run that end in a crash; a checkpointed interruption does not count
@@ -36,21 +36,21 @@ class TrainParams:
     truncation: Literal["left", "drop"] = "left"  # left: cut the prompt's start; drop: skip (both counted)
     order: Literal["random", "short_first"] = "random"
     packing: bool = True  # several short examples per row, attention kept apart by restarted positions
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ALL_LINEAR
+    lora_r: int = 16  # adapter rank
+    lora_alpha: int = 32  # adapter scale (alpha / r)
+    lora_dropout: float = 0.05  # in [0, 1)
+    target_modules: tuple[str, ...] = ALL_LINEAR  # the linear layers that get adapters
     learning_rate: float = 2e-4  # peak; linear warm-up then cosine decay to 0
-    warmup_ratio: float = 0.03
-    epochs: int = 2
+    warmup_ratio: float = 0.03  # linear warm-up share of the steps, then cosine decay to 0
+    epochs: int = 2  # passes over the data (min_steps may add more for a small role)
     max_steps: int = 0  # > 0 overrides epochs (and min_steps)
     # Floor on optimizer steps: a small role's rows per step shrink (down to 1), then its data repeats, until the
     # run makes this many steps. The defaults gave a role with a few dozen records about two steps.
     min_steps: int = 30
     micro_batch: int = 4  # rows per forward pass
     grad_accum: int = 4  # micro-batches per optimizer step
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 42  # data order and adapter initialisation
     attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
     compile_layers: bool = False  # torch.compile each decoder layer and the loss (CUDA: 1.6x on an H200)
     # PEFT keeps the adapters in float32: without autocast their matmuls run on plain float32 units. auto: bf16
@@ -60,9 +60,9 @@ class TrainParams:
     # CPU and MPS, where activations share the memory (SmolLM2, rows 2048 x4, fp32: 9.5 GB; OOM past 24 GB without)
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     dpo_min_pairs: int = 50  # DPO after SFT when the role has at least this many preference pairs
-    dpo_beta: float = 0.1
-    dpo_learning_rate: float = 5e-6
-    dpo_epochs: int = 1
+    dpo_beta: float = 0.1  # DPO's KL strength
+    dpo_learning_rate: float = 5e-6  # the preference phase after SFT
+    dpo_epochs: int = 1  # passes over the preference pairs
 
 
 def validate_training(training: TrainingConfig, roles: dict[str, TrainParams], problems: list[str]) -> None:

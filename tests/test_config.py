@@ -119,3 +119,16 @@ def test_release_problems_are_reported_at_once(tmp_path):
                      "publish.ollama_host: must start with http://", "publish.quantize", "eval: max_new_tokens",
                      "surveyor.train: min_steps and max_steps must be >= 0"):
         assert expected in text, expected
+
+
+def test_the_configuration_reference_is_up_to_date_and_describes_every_key():
+    """docs/configuration.md is generated from the config dataclasses: regenerate it when a key changes
+    (`python -m iceburg_daemon.config_reference > docs/configuration.md`)."""
+    from pathlib import Path
+
+    from iceburg_daemon.config_reference import reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert docs.read_text(encoding="utf-8") == reference(), "out of date: regenerate docs/configuration.md"
+    rows = [line for line in docs.read_text().splitlines() if line.startswith("| `")]
+    assert len(rows) > 140 and not [r for r in rows if r.endswith("|  |")]  # every key says what it does
