@@ -167,3 +167,22 @@ def test_start_up_errors_exit_non_zero_with_one_line_on_stderr(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("iceburgd: cannot use ") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("arch,version,ok", [("arm64", "14.4", True), ("arm64", "15.1", True),
+                                             ("x86_64", "14.4", False), ("arm64", "13.6", False)])
+def test_make_stops_on_a_mac_torch_has_no_wheels_for(tmp_path, arch, version, ok):
+    """`make run` / `make install` on an Intel Mac or macOS < 14 says why instead of a pip resolver error."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "uname").write_text(f'#!/bin/sh\n[ "$1" = "-s" ] && echo Darwin || echo {arch}\n')
+    (stubs / "sw_vers").write_text(f"#!/bin/sh\necho {version}\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["make", "-s", "platform"], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
+    assert (done.returncode == 0) is ok, done.stderr
+    if not ok:
+        assert "torch 2.13 ships macOS wheels only for arm64 on macOS 14+" in done.stderr
+        assert f"(this Mac: {arch}, macOS {version})" in done.stderr
