@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iceburg_daemon import ROLES
+from iceburg_daemon import ROLES, curves
 from iceburg_daemon.config import Config
 from iceburg_daemon.config_training import DEFAULT_BASE
 from iceburg_daemon.errors import TrainingError
@@ -241,6 +241,11 @@ def _run_text(v: dict[str, Any]) -> str:
                      f" {_fmt(c.get('suite_pass_rate'))} vs {_fmt(b.get('suite_pass_rate'))}, template echo"
                      f" {_fmt(c.get('template_echo'))}"
                      f" vs {_fmt(b.get('template_echo'))}; report {Path(v['run_dir']) / 'eval.md'}")
+    chart = curves.text_chart(curves.read(Path(v["run_dir"])))
+    if chart:
+        lines += ["  training loss per step" + (f" (also {Path(v['run_dir']) / 'curves.png'})"
+                                               if (Path(v["run_dir"]) / "curves.png").exists() else "")]
+        lines += ["    " + line for line in chart]
     if v["detail"]:
         lines.append("  detail: " + v["detail"].strip().replace("\n", "\n    ")[-1500:])
     return "\n".join(lines)

@@ -265,6 +265,10 @@ def test_out_of_memory_retries_once_with_half_the_micro_batch(tmp_path, tiny_bas
     epochs = [c["epoch"] for c in curves]
     assert 0 < epochs[0] < epochs[-1] and epochs == sorted(epochs)
     assert json.loads((run_dir / "progress.json").read_text())["epoch"] == epochs[-1]
+    png = (run_dir / "curves.png").read_bytes()  # the loss curve for people, beside the numbers
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"IDAT" in png
+    shown = iceburgd("runs", "show", run_dir.name, config=cfg_path)
+    assert shown.returncode == 0 and "training loss per step" in shown.stdout and "•" in shown.stdout
 
 
 def test_multi_gpu_launchers_wrap_the_same_child(cfg):
@@ -370,3 +374,25 @@ def test_foreground_progress_piped_is_a_line_per_phase_and_every_few_seconds(cap
         "training step 3/40 loss 2.3000 lr 1.00e-03 305 tok/s"]
     _Bar("off").show({"phase": "training", "step": 4, "total": 40})
     assert capsys.readouterr().err == ""
+
+
+def test_the_loss_chart_is_drawn_as_text_and_as_a_valid_png(tmp_path):
+    import struct
+    import zlib
+
+    from iceburg_daemon import curves
+
+    (tmp_path / "curves.jsonl").write_text("".join(json.dumps({"step": i, "loss": 3.0 / i}) + "\n"
+                                                   for i in range(1, 41)) + '{"step": 41, "lo')  # torn last line
+    points = curves.read(tmp_path)
+    assert len(points) == 40 and points[0] == (1.0, 3.0)
+    chart = curves.text_chart(points, width=40, height=8)
+    assert chart[0] == "    3 │•" + " " * 39 and chart[7].startswith("0.075 │") and chart[7].endswith("•")
+    assert curves.write_png(tmp_path / "curves.png", points, width=200, height=100)
+    data = (tmp_path / "curves.png").read_bytes()
+    width, height = struct.unpack(">II", data[16:24])
+    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+    raw = zlib.decompress(idat)
+    assert (width, height) == (200, 100) and len(raw) == height * (1 + width * 3)
+    assert bytes((31, 119, 180)) in raw  # the curve's colour is drawn
+    assert not curves.write_png(tmp_path / "none.png", points[:1])

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from iceburg_daemon import curves as loss_chart
 from iceburg_daemon.training.data import Example, row_tensors_data
 from iceburg_daemon.training.model import token_loss_sum, weights_hash
 
@@ -72,6 +73,7 @@ def write_outputs(run_dir: Path, spec: dict[str, Any], peft_model: Any, tok: Any
     tmp = run_dir / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, run_dir / "manifest.json")
+    loss_chart.write_png(run_dir / "curves.png", loss_chart.read(run_dir))  # the loss curve, for people
 
 
 def base_dtype(folder: Path) -> torch.dtype | None:
