@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest files in place (not moved), with the inbox's rules")
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to search for *.jsonl/*.json/*.gz")
     ingest.add_argument("--json", action="store_true")
+    backup = sub.add_parser("backup", help="a consistent copy of the store, taken while the daemon runs")
+    backup.add_argument("dest", type=Path, help="the file to write (replaced if it exists)")
+    backup.add_argument("--json", action="store_true")
     drop = sub.add_parser("drop", help="copy files into the inbox safely (temporary name, fsync, rename)")
     drop.add_argument("paths", nargs="+", type=Path)
     drop.add_argument("--json", action="store_true")
@@ -118,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cfg, as_json=args.json)
         if args.command == "ingest":
             return _ingest(cfg, args.paths, as_json=args.json)
+        if args.command == "backup":
+            return _backup(cfg, args.dest, as_json=args.json)
         if args.command == "drop":
             return _drop(cfg, args.paths, as_json=args.json)
         if args.command == "index":
@@ -183,6 +188,28 @@ def _status(cfg: Config, *, as_json: bool) -> int:
 
         Console().print(render(snapshot, now))
     return exit_code(snapshot)
+
+
+def _backup(cfg: Config, dest: Path, *, as_json: bool) -> int:
+    from iceburg_daemon.store import Store
+
+    store = Store.open_readonly(cfg.db_path)
+    try:
+        store.backup(dest.resolve())
+    finally:
+        store.close()
+    copy = Store.open_readonly(dest.resolve())
+    try:
+        report = {"backup": str(dest.resolve()), "bytes": dest.stat().st_size, "records": copy.conn.execute(
+            "SELECT COUNT(*) FROM records").fetchone()[0], "integrity_ok": copy.integrity_ok()}
+    finally:
+        copy.close()
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['backup']}: {report['bytes']:,} bytes, {report['records']:,} records, integrity"
+              f" {'ok' if report['integrity_ok'] else 'FAILED'}")
+    return EXIT_OK if report["integrity_ok"] else EXIT_FAILURE
 
 
 def _drop(cfg: Config, paths: list[Path], *, as_json: bool) -> int:

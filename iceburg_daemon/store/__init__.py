@@ -369,6 +369,20 @@ class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
     def quarantined(self) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM quarantine ORDER BY id").fetchall()
 
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the store (SQLite's online backup: works while the daemon writes), written
+        beside `dest` and renamed into place, private (0600)."""
+        tmp = dest.with_name(dest.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        target = sqlite3.connect(tmp)
+        try:
+            self.conn.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            target.close()
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, dest)
+
     def integrity_ok(self) -> bool:
         return bool(self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
