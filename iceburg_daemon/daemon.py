@@ -13,20 +13,18 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Sequence
 
 from iceburg_daemon import __version__
-from iceburg_daemon.chroma_source import SourceInterrupted, sync_store
 from iceburg_daemon.config import Config
-from iceburg_daemon.errors import SourceError
+from iceburg_daemon.daemon_input import InputStages
 from iceburg_daemon.evaluate.stage import Evaluator
 from iceburg_daemon.evaluate.suites import install_starters
-from iceburg_daemon.fsutil import free_bytes, is_disk_full
-from iceburg_daemon.inbox import InboxWatcher, claim, ingest_late_appends, pending, process_claimed, scan
+from iceburg_daemon.fsutil import free_bytes
+from iceburg_daemon.inbox import InboxWatcher
 from iceburg_daemon.lock import DataDirLock
-from iceburg_daemon.logs import get_logger
+from iceburg_daemon.logs import get_logger, stage_failed
 from iceburg_daemon.metrics import Metrics
 from iceburg_daemon.publish import PublishStage
 from iceburg_daemon.quality.chain import FilterChain
@@ -38,25 +36,9 @@ from iceburg_daemon.trigger.state import backfill_trained
 from iceburg_daemon.trigger.step import TriggerStage
 
 log = get_logger("iceburgd.daemon")
-FILTER_BATCHES_PER_TICK = 4  # a long backlog is judged over several passes, so the heartbeat stays fresh
 
 
-_DISK_FULL_LOGGED: dict[str, float] = {}  # stage -> when its last disk-full line was logged
-
-
-def stage_failed(exc: BaseException, **where: Any) -> None:
-    """A stage's unexpected error: a traceback (a bug), or, when the disk is full (the machine's state), one line
-    per stage a minute at most: a heartbeat failing every few seconds must not fill the log it cannot write."""
-    if not is_disk_full(exc):
-        log.exception("stage_failed", **where)
-        return
-    stage = str(where.get("stage"))
-    if time.monotonic() - _DISK_FULL_LOGGED.get(stage, float("-inf")) >= 60.0:
-        _DISK_FULL_LOGGED[stage] = time.monotonic()
-        log.error("stage_failed_disk_full", error=str(exc)[:200], **where)
-
-
-class Daemon:
+class Daemon(InputStages):
     def __init__(self, cfg: Config, *, metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
                  source_command: Sequence[str] | None = None):
         self.cfg = cfg
@@ -271,104 +253,6 @@ class Daemon:
             step()
         except Exception as exc:  # noqa: BLE001
             stage_failed(exc, stage=stage)
-
-    def ingest_inbox(self) -> None:
-        assert self.store is not None
-        found = scan(self.cfg.inbox_dir, now=self.clock(), settle_seconds=self.cfg.inbox.settle_seconds,
-                     open_settle_seconds=self.cfg.inbox.open_settle_seconds)
-        self._settles_in = found.settles_in
-        for path, reason in found.skipped:
-            if (str(path), reason) not in self._skipped_reported:  # report once, not on every rescan
-                self._skipped_reported.add((str(path), reason))
-                log.warning("inbox_entry_skipped", path=path.name, reason=reason)
-                with self.store.transaction():
-                    self.store.add_event("inbox_entry_skipped", path.name, self.clock(), reason=reason)
-        for path in found.ready:
-            if self.stopping.is_set():
-                break
-            claim(path, self.cfg.processing_dir, self.clock())
-        claimed = pending(self.cfg.processing_dir)
-        self.metrics.inbox_backlog.set(len(claimed) + found.waiting)
-        for path in claimed:
-            if self.stopping.is_set():
-                break
-            try:
-                self._ingest_one(path)
-            except Exception as exc:  # noqa: BLE001 - a bug on one file must not stop the loop; it is retried next pass
-                stage_failed(exc, stage="ingest", file=path.name)
-        for late in ingest_late_appends(self.cfg, self.store, clock=self.clock, should_stop=self.keep_alive):
-            self.metrics.count(late.counts, "inbox")
-            log.warning("late_append", file=late.name, stored=late.counts.total_stored,
-                        duplicates=late.counts.duplicates, quarantined=sum(late.counts.quarantined.values()))
-        self.metrics.inbox_backlog.set(len(pending(self.cfg.processing_dir)) + found.waiting)
-
-    def _ingest_one(self, path: Path) -> None:
-        assert self.store is not None
-        result = process_claimed(self.cfg, self.store, path, clock=self.clock, should_stop=self.keep_alive)
-        if result is None:
-            return
-        self.metrics.count(result.counts, "inbox")
-        summary: dict[str, Any] = {"file": result.name, "stored": result.counts.total_stored,
-                                   "duplicates": result.counts.duplicates,
-                                   "quarantined": sum(result.counts.quarantined.values())}
-        if result.failure is not None:
-            self.metrics.files.labels(outcome="quarantined").inc()
-            log.warning("file_quarantined", reason=result.failure.reason, detail=result.failure.detail, **summary)
-        elif result.complete:
-            self.metrics.files.labels(outcome="ingested").inc()
-            log.info("file_ingested", **summary)
-        elif result.held_open:
-            if result.counts.total_stored or result.counts.duplicates or result.counts.quarantined:
-                log.info("file_followed", **summary)  # its writer holds it open: read on each pass until closed
-        else:
-            log.info("file_checkpointed", **summary)  # stopped mid-file; the next start resumes it
-
-    def sync_sources(self) -> None:
-        assert self.store is not None
-        for source in self.cfg.sources.chroma:
-            if not source.enabled or self.stopping.is_set():
-                continue
-            name = f"chroma:{source.name}"
-            row = self.store.source(name)
-            now = self.clock()
-            if row is not None and row["next_attempt"] is not None and now < row["next_attempt"]:
-                continue
-            try:
-                outcome = sync_store(self.cfg, self.store, source, now=now, command=self.source_command,
-                                     should_stop=self.keep_alive)
-            except Exception as exc:  # noqa: BLE001 - one store's bug must not stop the loop
-                stage_failed(exc, stage="sources", source=source.name)
-                continue
-            if isinstance(outcome, SourceInterrupted):
-                log.info("source_sync_interrupted", source=source.name)
-            elif isinstance(outcome, SourceError):
-                self.metrics.source_healthy.labels(source=source.name).set(0)
-                log.warning("source_unhealthy", source=source.name, reason=str(outcome))
-            else:
-                self.metrics.count(outcome, name)
-                self.metrics.source_healthy.labels(source=source.name).set(1)
-                self.metrics.source_last_sync.labels(source=source.name).set(now)
-                log.info("source_synced", source=source.name, new_records=outcome.total_stored,
-                         duplicates=outcome.duplicates)
-
-    def filter_records(self) -> None:
-        assert self.chain is not None
-        limit = self.cfg.quality.batch_size * FILTER_BATCHES_PER_TICK
-        started = time.perf_counter()
-        try:
-            judged = self.chain.run(should_stop=self.keep_alive, limit=limit)
-        except Exception as exc:  # noqa: BLE001 - a filter bug must not stop the loop; pending records wait for a fix
-            stage_failed(exc, stage="filter")
-            return
-        self.metrics.count_verdicts(judged)
-        if judged:  # an idle pass is not a filter pass
-            self.metrics.filter_seconds.observe(time.perf_counter() - started)
-        self._filter_backlog = sum(judged.values()) >= limit
-        if self._filter_backlog:
-            self.wake.set()  # more is waiting: beat the heartbeat, then go straight on
-        if judged:
-            accepted = sum(n for (_, verdict, _), n in judged.items() if verdict == "accept")
-            log.info("records_filtered", accepted=accepted, rejected=sum(judged.values()) - accepted)
 
     def trigger(self) -> None:
         """Decide per role whether new records or a schedule queue a run (each decision that acts is an event)."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 import structlog.tracebacks
+
+from iceburg_daemon.fsutil import is_disk_full
 
 LOG_FILE = "iceburgd.log"
 # Tracebacks without local variables: locals hold record contents (secrets, a 600-level nested poison line)
@@ -65,3 +68,18 @@ def _add(root: logging.Logger, handler: logging.Handler) -> None:
 
 def get_logger(name: str = "iceburgd") -> Any:
     return structlog.get_logger(name)
+
+
+_DISK_FULL_LOGGED: dict[str, float] = {}  # stage -> when its last disk-full line was logged
+
+
+def stage_failed(exc: BaseException, **where: Any) -> None:
+    """A stage's unexpected error: a traceback (a bug), or, when the disk is full (the machine's state), one line
+    per stage a minute at most: a heartbeat failing every few seconds must not fill the log it cannot write."""
+    if not is_disk_full(exc):
+        get_logger("iceburgd.daemon").exception("stage_failed", **where)
+        return
+    stage = str(where.get("stage"))
+    if time.monotonic() - _DISK_FULL_LOGGED.get(stage, float("-inf")) >= 60.0:
+        _DISK_FULL_LOGGED[stage] = time.monotonic()
+        get_logger("iceburgd.daemon").error("stage_failed_disk_full", error=str(exc)[:200], **where)

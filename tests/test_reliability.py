@@ -273,7 +273,7 @@ def test_a_heartbeat_or_inbox_scan_that_fails_does_not_end_the_loop(tmp_path, mo
             return fail
 
         monkeypatch.setattr(daemon.store, "beat", broken("beat"))
-        monkeypatch.setattr("iceburg_daemon.daemon.scan", broken("scan"))
+        monkeypatch.setattr("iceburg_daemon.daemon_input.scan", broken("scan"))
         daemon.tick()  # before: the OSError escaped tick() and ended the daemon
         daemon.tick()
         assert calls.count("scan") == 2 and calls.count("beat") >= 2  # long stages may beat too
