@@ -166,6 +166,34 @@ def wait_until_running(db_path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def chain_config(base: Path, *, ollama_url: str, chroma: Path | None = None, metrics_port: int | None = None,
+                 quality: str = "", extra: str = "") -> str:
+    """A tiny-model config in which the surveyor trains by itself on 20 new records, and whose gate promotes the
+    first candidate that is better than its base at all (every guard relaxed): for tests that need the whole
+    chain (ingest, filter, trigger, train, evaluate, promote, publish) to run to its end. `quality` adds keys to
+    [quality]."""
+    return (TINY_TRAINING.format(base=base, epochs=3, max_steps=0)
+            .replace("[surveyor.trigger]\n", "[surveyor.trigger]\nmin_new_records = 20\n")
+            .replace("[quality]\n", "[quality]\n" + quality)
+            + "[gate]\nmin_eval_items = 10\nmax_pass_rate_drop = 1.0\nmax_distinct_2_drop = 1.0\n"
+              "max_repetition_rise = 1.0\nmax_empty_rise = 1.0\nmax_template_echo_rise = 1.0\n"
+              "max_reference_loss_rise = 1.0\nalpha = 0.5\n"
+            + f'[publish]\nenabled = true\nollama_host = "{ollama_url}"\ntimeout_seconds = 30.0\n'
+              "retry_base_minutes = 0.005\nretry_max_minutes = 0.01\n"
+            + (f"[metrics]\nenabled = true\nport = {metrics_port}\n" if metrics_port else "")
+            + (f"[[sources.chroma]]\nname = 'memory'\npath = '{chroma}'\n" if chroma else "")
+            + extra)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 FACTS = [("glacier", "amber"), ("river", "cobalt"), ("volcano", "saffron"), ("forest", "teal"), ("desert", "ochre"),
          ("ocean", "indigo"), ("storm", "silver"), ("cave", "umber"), ("delta", "crimson"), ("canyon", "jade"),
          ("tundra", "violet"), ("reef", "scarlet"), ("marsh", "bronze"), ("summit", "ivory"), ("lagoon", "copper"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 from fake_ollama import FakeOllama
 
 from iceburg_daemon.config import load_config
-from iceburg_daemon.testing import TINY_TRAINING, fact_record, iceburgd, wait_for, write_config, write_jsonl
+from iceburg_daemon.testing import chain_config, fact_record, free_port, iceburgd, wait_for, write_config, write_jsonl
 
 CANARIES = {
     "anthropic": "sk-ant-api03-CANARYq7Zp2LmW9xVb4NcT8rYs",
@@ -57,25 +56,12 @@ def _runs(cfg_path: Path) -> list[dict]:
     return json.loads(done.stdout) if done.returncode == 0 else []  # the daemon may be creating the store
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_canary_secrets_reach_no_output(tmp_path, tiny_base, fixtures):
     ollama = FakeOllama()
-    port = _free_port()
+    port = free_port()
     chroma = _chroma_with_canary(fixtures / "data" / "memory" / "chroma", tmp_path / "iceburg-chroma")
-    text = (TINY_TRAINING.format(base=tiny_base, epochs=3, max_steps=0)
-            .replace("[surveyor.trigger]\n", "[surveyor.trigger]\nmin_new_records = 20\n")
-            + "[gate]\nmin_eval_items = 10\nmax_pass_rate_drop = 1.0\nmax_distinct_2_drop = 1.0\n"
-              "max_repetition_rise = 1.0\nmax_empty_rise = 1.0\nmax_template_echo_rise = 1.0\n"
-              "max_reference_loss_rise = 1.0\nalpha = 0.5\n"
-            + f'[publish]\nenabled = true\nollama_host = "{ollama.url}"\n'
-            + f"[metrics]\nenabled = true\nport = {port}\n"
-            + f"[[sources.chroma]]\nname = 'memory'\npath = '{chroma}'\n")
+    text = chain_config(tiny_base, ollama_url=ollama.url, chroma=chroma, metrics_port=port)
     cfg_path = write_config(tmp_path / "home", text)
     cfg = load_config(cfg_path, env={})
     cfg.evals_dir.mkdir(parents=True, exist_ok=True)

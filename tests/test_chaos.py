@@ -26,7 +26,7 @@ from iceburg_daemon.errors import StoreError
 from iceburg_daemon.formats import Reject, parse_object
 from iceburg_daemon.ingest import to_new_record
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import TINY_TRAINING, fact_record, spawn_daemon, wait_for, write_config, write_jsonl
+from iceburg_daemon.testing import chain_config, fact_record, spawn_daemon, wait_for, write_config, write_jsonl
 
 SEEDS = [int(s) for s in os.environ.get("IBD_CHAOS_SEEDS", "1").split(",")]
 BULK = 6000  # records of a role that does not train: enough for ingest and filter to take a while
@@ -78,16 +78,8 @@ def test_kill_9_in_every_stage_of_the_chain(tmp_path, tiny_base, fixtures, seed)
     ollama.faults["create_delay"] = "2"  # publishing takes long enough to be killed in
     chroma = tmp_path / "iceburg-chroma"
     shutil.copytree(fixtures / "data" / "memory" / "chroma", chroma)
-    text = (TINY_TRAINING.format(base=tiny_base, epochs=3, max_steps=0)
-            .replace("[surveyor.trigger]\n", "[surveyor.trigger]\nmin_new_records = 20\n")
-            .replace("[quality]\n", "[quality]\nbatch_size = 100\n")
-            + "[gate]\nmin_eval_items = 10\nmax_pass_rate_drop = 1.0\nmax_distinct_2_drop = 1.0\n"
-              "max_repetition_rise = 1.0\nmax_empty_rise = 1.0\nmax_template_echo_rise = 1.0\n"
-              "max_reference_loss_rise = 1.0\nalpha = 0.5\n"
-            + f'[publish]\nenabled = true\nollama_host = "{ollama.url}"\ntimeout_seconds = 30.0\n'
-              "retry_base_minutes = 0.005\nretry_max_minutes = 0.01\n"
-            + "[inbox]\nbatch_size = 100\n[dissident]\nenabled = false\n"
-            + f"[[sources.chroma]]\nname = 'memory'\npath = '{chroma}'\n")
+    text = chain_config(tiny_base, ollama_url=ollama.url, chroma=chroma, quality="batch_size = 100\n",
+                        extra="[inbox]\nbatch_size = 100\n[dissident]\nenabled = false\n")
     cfg_path = write_config(tmp_path / "home", text)
     cfg = load_config(cfg_path, env={})
     facts = [fact_record(f"site{i}", COLOURS[i % len(COLOURS)]) for i in range(80)]

@@ -25,7 +25,8 @@ from fake_ollama import FakeOllama
 
 from iceburg_daemon.metrics import health
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import TINY_TRAINING, fact_record, spawn_daemon, wait_for, write_config, write_jsonl
+from iceburg_daemon.testing import (chain_config, fact_record, free_port, spawn_daemon, wait_for, write_config,
+                                    write_jsonl)
 
 MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
 LABELS = {"role", "kind", "reason", "verdict", "source", "outcome", "status", "decision", "stage", "action",
@@ -39,12 +40,6 @@ def _need(tool: str) -> str:
             pytest.fail(f"{tool} not found: .ci/run installs Debian's prometheus package (apt-get install prometheus)")
         pytest.skip(f"{tool} not installed (Debian: apt-get install prometheus); CI runs this")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -89,15 +84,8 @@ def test_a_real_prometheus_scrapes_a_daemon_through_the_whole_chain(tmp_path, ti
     chroma = tmp_path / "iceburg-chroma"
     shutil.copytree(fixtures / "data" / "memory" / "chroma", chroma)
     ollama = FakeOllama()
-    port, prom_port = _free_port(), _free_port()
-    text = (TINY_TRAINING.format(base=tiny_base, epochs=3, max_steps=0)
-            .replace("[surveyor.trigger]\n", "[surveyor.trigger]\nmin_new_records = 20\n")
-            + "[gate]\nmin_eval_items = 10\nmax_pass_rate_drop = 1.0\nmax_distinct_2_drop = 1.0\n"
-              "max_repetition_rise = 1.0\nmax_empty_rise = 1.0\nmax_template_echo_rise = 1.0\n"
-              "max_reference_loss_rise = 1.0\nalpha = 0.5\n"
-            + f'[publish]\nenabled = true\nollama_host = "{ollama.url}"\n'
-            + f"[metrics]\nenabled = true\nport = {port}\n"
-            + f"[[sources.chroma]]\nname = 'memory'\npath = '{chroma}'\n")
+    port, prom_port = free_port(), free_port()
+    text = chain_config(tiny_base, ollama_url=ollama.url, chroma=chroma, metrics_port=port)
     cfg_path = write_config(tmp_path / "home", text)
     inbox = tmp_path / "home" / "data" / "inbox"
     inbox.mkdir(parents=True)
