@@ -235,10 +235,9 @@ def _quarantine_unopened(cfg: Config, store: Store, path: Path, exc: OSError, *,
         file_id = store.add_file(name=original_name(path), path=path, origin="inbox", size=_size(path),
                                  sha256=f"unopened-{int(now * 1e6)}", now=now)
     row = store.file_counts(file_id)
-    result = FileResult(name=row["name"], file_id=file_id, failure=IngestError(
-        "unreadable", f"cannot open: {exc.strerror or type(exc).__name__}"))
-    assert result.failure is not None
-    quarantine_whole_file(store, result, row, result.failure, source="inbox", final_path=str(target), now=now)
+    failure = IngestError("unreadable", f"cannot open: {exc.strerror or type(exc).__name__}")
+    result = FileResult(name=row["name"], file_id=file_id, failure=failure)
+    quarantine_whole_file(store, result, row, failure, source="inbox", final_path=str(target), now=now)
     _move(store, path, target)
     return result
 
