@@ -62,5 +62,5 @@ def test_everything_listens_on_localhost_unless_configured():
     assert MetricsConfig().host == "127.0.0.1"
     for path in PACKAGE.rglob("*.py"):
         assert "0.0.0.0" not in path.read_text(), path
-        if path.name != "metrics.py":
+        if path.name not in ("metrics.py", "testing.py"):  # testing.free_port binds port 0 for a moment, for tests
             assert not re.search(r"\b(?:start_http_server|HTTPServer|\.bind\()", path.read_text()), path
