@@ -184,6 +184,9 @@ def process_claimed(
     .processing/ (read up to its last whole line on every pass) until its writer closes it."""
     # Claimed names are unique, so the path alone finds the row: the content may have grown since registration.
     row = store.file_by_path(path)
+    # Asking the OS who holds the file (a /proc sweep, or lsof on macOS) costs milliseconds to a subprocess: the
+    # scan asked just before the claim, so ask again only for a file seen on an earlier pass or one that grows.
+    ask = row is not None
     if row is None:
         try:
             row = register_file(store, path, name=original_name(path), origin="inbox", now=clock())
@@ -196,7 +199,8 @@ def process_claimed(
     counts = BatchCounts()
     while True:
         size = _size(path)  # the reader gets at least this far (blank lines at the end move no resume point)
-        writing = appendable and path in (held([path]) or set())
+        writing = appendable and ask and path in (held([path]) or set())
+        ask = True  # the loop goes round again only when the file grew: its writer may be at work
         # A file of another type fails inside ingest_file (the reader raises unsupported_type) and is quarantined.
         result = ingest_file(store, row, source="inbox", batch_size=cfg.inbox.batch_size,
                              max_record_bytes=cfg.inbox.max_record_bytes, clock=clock, should_stop=should_stop,
