@@ -49,12 +49,22 @@ class ChromaStoreConfig:
 
 
 @dataclass(frozen=True)
+class LogSourceConfig:
+    name: str  # letters, digits, '-', '_'; shown in status and metrics
+    path: str  # a glob of JSONL files read where they lie, never moved or changed ("~/iceburg/data/*.jsonl")
+    enabled: bool = True  # false: kept in the config, not followed
+
+
+@dataclass(frozen=True)
 class SourcesConfig:
     chroma: tuple[ChromaStoreConfig, ...] = ()
+    logs: tuple[LogSourceConfig, ...] = ()
     sync_seconds: float = 300.0  # how often a healthy store is re-synced
     timeout_seconds: float = 120.0  # the reader child is killed after this long
     backoff_seconds: float = 30.0  # first retry delay for an unhealthy store, doubled per failure
     backoff_max_seconds: float = 3600.0
+    rotated_grace_seconds: float = 300.0  # a followed file renamed away is read on until idle this long
+    max_open_files: int = 64  # descriptors kept open on followed files (a file deleted while open is still read)
 
 
 @dataclass(frozen=True)
@@ -366,7 +376,8 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
 
     paths = PathsConfig(absolute(cfg.paths.data_dir), absolute(cfg.paths.models_dir))
     chroma = tuple(dataclasses.replace(s, path=absolute(s.path)) for s in cfg.sources.chroma)
-    return dataclasses.replace(cfg, paths=paths, sources=dataclasses.replace(cfg.sources, chroma=chroma))
+    logs = tuple(dataclasses.replace(s, path=str(absolute(Path(s.path).expanduser()))) for s in cfg.sources.logs)
+    return dataclasses.replace(cfg, paths=paths, sources=dataclasses.replace(cfg.sources, chroma=chroma, logs=logs))
 
 
 def _validate(cfg: Config, problems: list[str]) -> None:
@@ -401,19 +412,37 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     validate_training(cfg.training, {r: cfg.role(r).train for r in ROLES}, problems)
     validate_triggers(cfg.defer, {r: cfg.role(r).trigger for r in ROLES}, problems)
     validate_release(cfg.eval, cfg.gate, cfg.registry, cfg.publish, problems)
-    names = [s.name for s in cfg.sources.chroma]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"sources.chroma: name {dup!r} is used more than once")
+    for kind, named in (("chroma", cfg.sources.chroma), ("logs", cfg.sources.logs)):
+        names = [s.name for s in named]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"sources.{kind}: name {dup!r} is used more than once")
+        for s in named:
+            if not s.name.replace("-", "").replace("_", "").isalnum():
+                problems.append(f"sources.{kind}: name {s.name!r} must be letters, digits, '-' or '_'")
     for s in cfg.sources.chroma:
-        if not s.name.replace("-", "").replace("_", "").isalnum():
-            problems.append(f"sources.chroma: name {s.name!r} must be letters, digits, '-' or '_'")
         if s.path.exists() and not s.path.is_dir():
             problems.append(f"sources.chroma.{s.name}.path: {s.path} is not a directory")
+    for log_source in cfg.sources.logs:
+        problems += log_source_problems(log_source, cfg.paths.data_dir)
+    if cfg.sources.max_open_files < 1:
+        problems.append(f"sources.max_open_files: must be >= 1, got {cfg.sources.max_open_files}")
     for p in (cfg.paths.data_dir, cfg.paths.models_dir):
         if p.exists() and not p.is_dir():
             problems.append(f"paths: {p} exists and is not a directory")
         elif not p.exists() and not _creatable(p):
             problems.append(f"paths: {p} cannot be created (no writable parent)")
+
+
+def log_source_problems(source: LogSourceConfig, data_dir: Path) -> list[str]:
+    """A followed glob names files, not a folder, and stays out of the daemon's own data folder."""
+    where, pattern = f"sources.logs.{source.name}.path", Path(source.path)
+    wild = [any(c in part for c in "*?[") for part in pattern.parts]
+    if not wild[-1] and pattern.is_dir():
+        return [f"{where}: {pattern} is a folder; give a glob of files, such as {pattern / '*.jsonl'}"]
+    base = Path(*pattern.parts[: wild.index(True) if True in wild else len(wild) - 1])  # the glob's fixed folder
+    if base == data_dir or data_dir in base.parents or (base in data_dir.parents and "**" in source.path):
+        return [f"{where}: {source.path} reaches into the daemon's data folder {data_dir}"]
+    return []
 
 
 def _creatable(p: Path) -> bool:

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from iceburg_daemon.config import ChromaStoreConfig, Config, RoleConfig
+from iceburg_daemon.config import ChromaStoreConfig, Config, LogSourceConfig, RoleConfig
 
 FIELD = re.compile(r"^\s+(\w+): [^=]+?(?:= .*?)?(?:\s+#\s*(.*))?$")
 HEADER = """# Configuration reference
@@ -94,10 +94,13 @@ def reference(toml: Path = Path(__file__).resolve().parents[1] / "config.toml") 
         value = getattr(cfg, f.name)
         if not dataclasses.is_dataclass(value) or isinstance(value, RoleConfig):
             continue
-        out += section(f"`[{f.name}]`", type(value), value, skip=("chroma",), fallback=said(f.name))
+        out += section(f"`[{f.name}]`", type(value), value, skip=("chroma", "logs"), fallback=said(f.name))
         if f.name == "sources":
             out += section("`[[sources.chroma]]`: one table per ICEBURG ChromaDB store (`name` and `path` required)",
                            ChromaStoreConfig, ChromaStoreConfig(name="", path=Path(".")))
+            out += section("`[[sources.logs]]`: one table per glob of ICEBURG log files followed in place (`name` and"
+                           " `path` required; see [iceburg.md](iceburg.md))", LogSourceConfig,
+                           LogSourceConfig(name="", path=""))
     role = RoleConfig()
     out.append("## Roles\n\n`surveyor`, `dissident`, `synthesist` and `oracle` are enabled by default, `general` is"
                " not. Each role has three tables.\n")

@@ -21,6 +21,7 @@ from iceburg_daemon.config import Config
 from iceburg_daemon.daemon_input import InputStages
 from iceburg_daemon.evaluate.stage import Evaluator
 from iceburg_daemon.evaluate.suites import install_starters
+from iceburg_daemon.follow import Follower
 from iceburg_daemon.fsutil import free_bytes
 from iceburg_daemon.inbox import InboxWatcher
 from iceburg_daemon.lock import DataDirLock
@@ -51,6 +52,7 @@ class Daemon(InputStages):
         self.lock = DataDirLock(cfg.lock_path)
         self.store: Store | None = None
         self.chain: FilterChain | None = None
+        self.follower: Follower | None = None
         self.runners: list[Runner] = []  # one per concurrent training child ([training] max_concurrent_runs)
         self.triggers: TriggerStage | None = None
         self.evaluator: Evaluator | None = None
@@ -72,6 +74,7 @@ class Daemon(InputStages):
             os.chmod(folder, 0o700)  # records, logs and weights are private, even in a folder made beforehand
         self.store = Store.open(self.cfg.db_path)
         self.metrics.watch_store(self.cfg.db_path, (self.cfg.inbox_dir, self.cfg.processing_dir), now=self.clock())
+        self.follower = Follower(self.cfg, self.store, clock=self.clock)
         self.chain = FilterChain(self.cfg, self.store, clock=self.clock)
         self._prepare_semantic_index()
         self.runners = [Runner(self.cfg, self.store, clock=self.clock, on_finish=self._run_finished)
@@ -116,6 +119,8 @@ class Daemon(InputStages):
             log.info("semantic_index_caught_up", records=added)
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
         if self.chain is not None:
             self.chain.close()  # feature workers, if a backlog was being judged
         children = [*self.runners, *([self.evaluator] if self.evaluator else [])]
@@ -210,6 +215,8 @@ class Daemon(InputStages):
         taking_input = self._disk_has_room()  # a full disk stops new input; nothing already taken is lost
         if taking_input:
             self._guarded("inbox", self.ingest_inbox)
+        if taking_input and not self.stopping.is_set():
+            self._guarded("follow", self.follow_logs)
         if taking_input and not self.stopping.is_set():
             self.sync_sources()
         if taking_input and not self.stopping.is_set() and self.cfg.quality.mode != "paused":

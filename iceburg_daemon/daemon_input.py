@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from iceburg_daemon.chroma_source import SourceInterrupted, sync_store
 from iceburg_daemon.errors import SourceError
+from iceburg_daemon.follow import source_ref
 from iceburg_daemon.inbox import claim, ingest_late_appends, pending, process_claimed, scan
 from iceburg_daemon.logs import get_logger, stage_failed
 
@@ -70,6 +71,28 @@ class InputStages:
                 log.info("file_followed", **summary)  # its writer holds it open: read on each pass until closed
         else:
             log.info("file_checkpointed", **summary)  # stopped mid-file; the next start resumes it
+
+    def follow_logs(self: Daemon) -> None:
+        assert self.follower is not None and self.store is not None
+        for done in self.follower.pass_(should_stop=self.keep_alive):
+            self.metrics.count(done.counts, source_ref(done.source))
+            summary = {"source": done.source, "file": done.name, "stored": done.counts.total_stored,
+                       "duplicates": done.counts.duplicates, "quarantined": sum(done.counts.quarantined.values())}
+            if done.ended is not None:
+                self.metrics.followed_ended.labels(source=done.source, outcome=done.ended).inc()
+            if done.ended == "lost":
+                log.error("followed_file_lost", unread_bytes=done.unread_bytes, **summary)
+            elif done.ended is not None:
+                log.info("followed_file_ended", how=done.ended, **summary)
+            else:
+                log.info("followed_file_read", **summary)
+        for source in self.cfg.sources.logs:
+            row = self.store.source(source_ref(source.name))
+            if source.enabled and row is not None:
+                self.metrics.followed_files.labels(source=source.name).set(row["items"])
+                self.metrics.source_healthy.labels(source=source.name).set(int(row["health"] == "healthy"))
+                if row["last_sync"] is not None:
+                    self.metrics.source_last_sync.labels(source=source.name).set(row["last_sync"])
 
     def sync_sources(self: Daemon) -> None:
         assert self.store is not None

@@ -97,6 +97,8 @@ def ingest_file(
     path: Path | None = None,
     whole_lines: bool = False,
     max_rejects: int = 0,
+    kind: str | None = None,
+    fd: int | None = None,
 ) -> FileResult:
     """Ingest from the row's resume point. Stops early (complete=False) when should_stop() turns true.
 
@@ -104,7 +106,7 @@ def ingest_file(
     exception (a bug, or input nothing foresaw) is re-raised for the caller to retry; at the MAX_FILE_FAILURES-th
     the lines before it are kept and the file ends as a failure with reason internal_error.
     `path` reads the file where it lies now (an archived file that grew); `whole_lines` leaves an unterminated
-    last line for later (its writer still holds the file open)."""
+    last line for later (its writer still holds the file open). `kind` and `fd`: see readers.iter_items."""
     result = FileResult(name=row["name"], file_id=row["id"])
     path, prefix = path or Path(row["path"]), rejects_prefix(row)
     records: list[NewRecord] = []
@@ -124,7 +126,7 @@ def ingest_file(
 
     try:
         items = iter_items(path, start_offset=offset, start_line=line_no, max_bytes=max_record_bytes,
-                           progress=progress, whole_lines=whole_lines)
+                           progress=progress, whole_lines=whole_lines, kind=kind, fd=fd)
         for item_line, item_offset, value in items:
             if not isinstance(value, Reject) and deeper_than(value, max_depth):
                 value = Reject("too_deep", f"nested deeper than {max_depth} levels ([inbox] max_depth)")

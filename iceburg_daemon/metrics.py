@@ -51,6 +51,11 @@ class Metrics:
                                     ["source"], registry=r)
         self.source_last_sync = Gauge("iceburg_source_last_sync_timestamp_seconds",
                                       "Unix time of the last successful sync.", ["source"], registry=r)
+        self.followed_files = Gauge("iceburg_followed_files", "Log files followed in place now, by configured"
+                                    " [[sources.logs]] name.", ["source"], registry=r)
+        self.followed_ended = Counter("iceburg_followed_files_ended", "Followed files finished, by source and how"
+                                      " (rotated, deleted, truncated, lost: bytes never read, quarantined).",
+                                      ["source", "outcome"], registry=r)
         self.filter_seconds = Histogram("iceburg_filter_pass_duration_seconds", "Duration of one filter pass (up"
                                         " to a few thousand records).", registry=r,
                                         buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -63,22 +64,29 @@ def decode_line(raw: bytes) -> Any:
         return Reject("invalid_json", str(exc)[:200])
 
 
-def _open_binary(path: Path, kind: str) -> tuple[IO[bytes], IO[bytes]]:
-    """(stream to read, raw file whose position tells progress)."""
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+def _open_binary(path: Path, kind: str, fd: int | None = None) -> tuple[IO[bytes], IO[bytes]]:
+    """(stream to read, raw file whose position tells progress). `fd`: read that open file (it may have been
+    renamed or deleted since), through a duplicate descriptor rewound to the start."""
+    if fd is not None:
+        raw = os.fdopen(os.dup(fd), "rb")
+        raw.seek(0)
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     if kind == "jsonl.gz":
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw
     return raw, raw
 
 
 def iter_items(path: Path, *, start_offset: int, start_line: int, max_bytes: int,
-               progress: Callable[[int], None] | None = None, whole_lines: bool = False) -> Iterator[Item]:
-    """`whole_lines`: stop before an unterminated last JSONL line (its writer is still writing it)."""
-    kind = file_kind(path)
+               progress: Callable[[int], None] | None = None, whole_lines: bool = False,
+               kind: str | None = None, fd: int | None = None) -> Iterator[Item]:
+    """`whole_lines`: stop before an unterminated last JSONL line (its writer is still writing it).
+    `kind` overrides the one the name implies; `fd` reads an open file instead of opening `path`."""
+    kind = kind or file_kind(path)
     if kind is None:
         raise IngestError("unsupported_type", f"{path.name}: the inbox takes *.jsonl, *.jsonl.gz and *.json")
     try:
-        stream, raw = _open_binary(path, kind)
+        stream, raw = _open_binary(path, kind, fd)
         with raw, stream:
             if kind == "json":
                 yield from _iter_json_array(stream, raw, start_line, max_bytes, progress)

@@ -56,7 +56,8 @@ def collect(cfg: Config, *, now: float) -> dict[str, Any]:
             "records": _records(store),
             "quarantined": {r["reason"]: r["n"] for r in store.quarantine_counts()},
             "verdicts": _verdicts(store),
-            "sources": [{"name": s["name"], "path": s["path"], "health": s["health"], "reason": s["reason"],
+            "sources": [{"name": s["name"], "kind": s["kind"], "path": s["path"], "health": s["health"],
+                         "reason": s["reason"],
                          "failures": s["failures"], "items": s["items"], "last_sync": s["last_sync"],
                          "next_attempt": s["next_attempt"]} for s in store.sources()],
             "roles": [_role(cfg, store, role, now) for role in ROLES if cfg.role(role).enabled],
@@ -79,7 +80,8 @@ def _activity(store: Store) -> str:
         return f"training {run['role']} ({run['id']}): {p.get('phase', 'starting')}"
     for run in store.runs_in(["evaluating"]):
         return f"evaluating {run['role']} ({run['id']})"
-    for row in store.conn.execute("SELECT name, byte_offset, size FROM files WHERE state = 'ingesting' LIMIT 1"):
+    for row in store.conn.execute("SELECT name, byte_offset, size FROM files WHERE state = 'ingesting'"
+                                  " AND byte_offset < size LIMIT 1"):  # a followed file read to its end is idle
         share = f" ({100 * row['byte_offset'] / row['size']:.0f} %)" if row["size"] else ""
         return f"ingesting {row['name']}{share}"
     waiting = store.unfiltered_count()
@@ -131,6 +133,12 @@ def _needs_you(cfg: Config, store: Store, snap: dict[str, Any], now: float) -> l
     for source in snap["sources"]:
         if source["health"] == "unhealthy":
             out.append(f"source {source['name']} cannot be read ({source['reason']}); retried automatically")
+    lost = store.conn.execute("SELECT COUNT(*) FROM files WHERE state = 'lost' AND finished_at >= ?",
+                              (now - 7 * 86400,)).fetchone()[0]
+    if lost:
+        out.append(f"{lost} followed log file(s) were deleted or truncated before they were read to the end in the"
+                   " last 7 days (`iceburgd logs --event followed_file_lost`): keep rotated files in the same"
+                   " folder, or raise [sources] rotated_grace_seconds")
     whole = store.conn.execute("SELECT COUNT(*) FROM files WHERE state = 'quarantined' AND finished_at >= ?",
                                (now - 86400,)).fetchone()[0]
     if whole:

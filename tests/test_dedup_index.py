@@ -202,6 +202,10 @@ def _downgrade_to_v3(db_path):
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
         if name not in tables:
             conn.execute(f"DROP TABLE {name}")
+    indexes = {r[0] for r in v3.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").fetchall():
+        if name not in indexes:
+            conn.execute(f"DROP INDEX {name}")  # a later index on a column dropped below
     for table in tables:
         for column in [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]:
             if column not in columns[table]:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.fsutil import fsync_path
+from iceburg_daemon.store.follows import FollowQueries
 from iceburg_daemon.store.schema import MIGRATIONS
 from iceburg_daemon.store.runs import RunQueries, RunStatus  # noqa: F401 - re-exported
 from iceburg_daemon.store.releases import ReleaseQueries
@@ -24,6 +25,7 @@ class FileState(str, enum.Enum):
     INGESTING = "ingesting"  # claimed; lines up to byte_offset are committed
     DONE = "done"  # every line stored or quarantined; file archived/deleted (or left in place)
     QUARANTINED = "quarantined"  # unreadable as a whole; moved to quarantine/
+    LOST = "lost"  # a followed file deleted or truncated before it was read to the end (bytes never read)
 
 
 class SourceHealth(str, enum.Enum):
@@ -85,7 +87,7 @@ def _connect(uri: str, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries):
+class Store(VerdictQueries, RunQueries, TriggerQueries, ReleaseQueries, FollowQueries):
     """One connection. The daemon (or `iceburgd ingest`, under the same lock) is the only writer."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool):

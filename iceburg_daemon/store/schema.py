@@ -7,7 +7,7 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,              -- name as dropped
         path TEXT NOT NULL,              -- where it is read from (inbox/.processing/... or the CLI path)
-        origin TEXT NOT NULL,            -- inbox | cli
+        origin TEXT NOT NULL,            -- inbox | cli | follow
         size INTEGER NOT NULL,
         sha256 TEXT NOT NULL,
         state TEXT NOT NULL,
@@ -262,5 +262,16 @@ MIGRATIONS: list[str] = [
     # v7: a file whose ingest raised unexpectedly is retried a bounded number of times, then quarantined whole
     """
     ALTER TABLE files ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    """,
+    # v8: ICEBURG's log files followed in place ([[sources.logs]]): a file is known by device and inode and
+    # checked by a fingerprint of its first bytes; `size` is the size last seen, `byte_offset` what was read
+    """
+    ALTER TABLE files ADD COLUMN source TEXT;       -- the [[sources.logs]] name; NULL for inbox and cli files
+    ALTER TABLE files ADD COLUMN dev INTEGER;
+    ALTER TABLE files ADD COLUMN inode INTEGER;
+    ALTER TABLE files ADD COLUMN head_sha256 TEXT;  -- SHA-256 of the file's first head_len bytes
+    ALTER TABLE files ADD COLUMN head_len INTEGER;
+    ALTER TABLE files ADD COLUMN mtime_ns INTEGER;  -- last seen: an unchanged size and mtime need no read
+    CREATE INDEX files_followed ON files(source, dev, inode) WHERE source IS NOT NULL;
     """,
 ]
