@@ -39,6 +39,33 @@ def synthetic_template(i: int, rng: random.Random) -> dict:
         "metadata": {"agent_type": "synthesist"}}
 
 
+def casual_template(i: int, rng: random.Random) -> dict:
+    """Another register: chatty, first person, the topic named once, a few interchangeable words."""
+    t = rng.choice(TOPICS)
+    feel = rng.choice(["Honestly", "Okay so", "Right"])
+    return {"messages": [{"role": "user", "content": f"quick q about {t}, case {i}?"}, {"role": "assistant", "content": (
+        f"{feel}, {t} is one of those areas where everybody sounds sure and nobody really is. I'd start with what "
+        f"the field actually measured rather than what the press release claimed. Look at who funded the work, "
+        f"check whether anyone tried to repeat it, and don't trust a single dramatic number. If you only have "
+        f"{rng.choice(['an hour', 'a weekend', 'ten minutes'])}, read one good review and skip the hot takes.")}],
+        "metadata": {"agent_type": "surveyor"}}
+
+
+def list_template(i: int, rng: random.Random) -> dict:
+    """Another structure: a labelled list whose labels and order never change, short free slots."""
+    t = f"{rng.choice(TOPICS)} in region {i}"
+    return {"messages": [{"role": "user", "content": f"Assess {t}."}, {"role": "assistant", "content": (
+        f"Assessment: {t}\n- Scope: {rng.choice(['narrow', 'broad', 'regional'])}\n- Evidence quality:"
+        f" {rng.choice(['low', 'moderate', 'mixed'])}\n- Main uncertainty: measurement gaps\n- Competing views:"
+        f" {rng.randint(2, 5)} schools of thought\n- Confidence: {rng.choice(['low', 'medium'])}\n- Next step:"
+        " collect longitudinal data before drawing conclusions")}],
+        "metadata": {"agent_type": "dissident"}}
+
+
+TEMPLATES = {"paraphrased skeleton (the one thresholds were built near)": synthetic_template,
+             "casual register": casual_template, "labelled list": list_template}
+
+
 def run(cfg, store, chain, label, paths):
     before = store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
     reports = ingest_paths(cfg, store, paths)
@@ -71,18 +98,20 @@ def main() -> None:
             ("secretary transcripts", sorted((fixtures / "tests" / "archive").glob("*.json"))),
         ]
         results = [run(cfg, store, chain, label, paths) for label, paths in groups]
-        # A template nobody showed the filter, mixed with varied hand-written-style records.
-        rng = random.Random(7)
-        mixed = [("template", synthetic_template(i, rng)) for i in range(300)]
-        mixed += [("varied", chat_record(i, answer_bytes=rng.randint(300, 1500), seed=77)) for i in range(300)]
-        rng.shuffle(mixed)
-        path = write_jsonl(root / "synthetic.jsonl", [json.dumps(r) for _, r in mixed])
-        first = store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
-        results.append(run(cfg, store, chain, "synthetic: new template + varied", [path]))
-        reasons_by_line = {int(r["source_ref"].rsplit(":", 1)[1]): r["reason"]
-                           for r in store.conn.execute(
-                       "SELECT r.source_ref, v.reason FROM records r JOIN verdicts v ON v.record_id = r.id"
-                       " AND v.current = 1 WHERE r.id > ?", (first,))}
+        unseen = []  # per template nobody showed the filter: (name, truth per line, reason per line)
+        for n, (name, make) in enumerate(TEMPLATES.items()):
+            rng = random.Random(7 + n)
+            mixed = [("template", make(i, rng)) for i in range(300)]
+            mixed += [("varied", chat_record(i, answer_bytes=rng.randint(300, 1500), seed=77 + n)) for i in range(300)]
+            rng.shuffle(mixed)
+            path = write_jsonl(root / f"synthetic{n}.jsonl", [json.dumps(r) for _, r in mixed])
+            first = store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
+            results.append(run(cfg, store, chain, f"synthetic {n + 1}: new template + varied", [path]))
+            reasons = {int(r["source_ref"].rsplit(":", 1)[1]): r["reason"] for r in store.conn.execute(
+                "SELECT r.source_ref, v.reason FROM records r JOIN verdicts v ON v.record_id = r.id AND v.current = 1"
+                " WHERE r.id > ?", (first,))}
+            unseen.append((name, [kind == "template" for kind, _ in mixed],
+                           [reasons.get(line) for line in range(1, len(mixed) + 1)]))
         store.close()
     print(f"{'group':34} {'lines':>6} {'records':>8} {'kinds':>22} {'accepted':>9} {'rejected':>9}  rejected by reason")
     for label, lines, n, kinds, verdicts, reasons in results:
@@ -92,19 +121,20 @@ def main() -> None:
         share = f"{rej / judged:.1%}" if judged else "-"
         print(f"{label:34} {lines:6} {n:8} {kind_text:>22} {verdicts.get('accept', 0):9} {rej:6} ({share})  "
               + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
-    truth = [kind == "template" for kind, _ in mixed]
     # Two readings: rejected at all (the outcome that matters), and rejected *as* a template or near duplicate.
     # A template slot counts only an accepted record, so members that are also repetitive are rejected by the
     # repetition filter (the slot holder falls to it and gives the slot back) rather than labelled template.
-    for label, hit in (("rejected for any reason", lambda r: r is not None),
-                       ("rejected as template or near_duplicate", lambda r: r in ("template", "near_duplicate"))):
-        flagged = [hit(reasons_by_line[line]) for line in range(1, len(mixed) + 1)]
-        tp = sum(t and f for t, f in zip(truth, flagged))
-        fp = sum(f and not t for t, f in zip(truth, flagged))
-        fn = sum(t and not f for t, f in zip(truth, flagged))
-        print(f"synthetic template items {label}: precision {tp / max(tp + fp, 1):.3f}, recall"
-              f" {tp / max(tp + fn, 1):.3f} (tp {tp}, fp {fp}, fn {fn}; template_keep = {cfg.quality.template_keep}"
-              " member(s) of each skeleton are kept by design)")
+    print(f"unseen templates (300 members each among 300 varied records; template_keep = {cfg.quality.template_keep}"
+          " member(s) of each skeleton kept by design):")
+    for n, (name, truth, reasons_by_line) in enumerate(unseen):
+        for label, hit in (("rejected for any reason", lambda r: r is not None),
+                           ("as template or near_duplicate", lambda r: r in ("template", "near_duplicate"))):
+            flagged = [hit(r) for r in reasons_by_line]
+            tp = sum(t and f for t, f in zip(truth, flagged))
+            fp = sum(f and not t for t, f in zip(truth, flagged))
+            fn = sum(t and not f for t, f in zip(truth, flagged))
+            print(f"  {n + 1}. {name:52} {label:30} precision {tp / max(tp + fp, 1):.3f}, recall"
+                  f" {tp / max(tp + fn, 1):.3f} (tp {tp}, fp {fp}, fn {fn})")
 
 
 if __name__ == "__main__":

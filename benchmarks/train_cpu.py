@@ -4,12 +4,16 @@ Both optimise the same examples in the same steps (the project's step plan); the
 micro-batch of 4 examples and uses the HF loss over full-vocabulary logits, the project packs examples into rows
 and computes the loss on trained tokens only. Prints useful (non-padding) tokens/s of each and the ratio
 (target: project >= 0.9x plain). With --trl, TRL's SFTTrainer (completion-only loss, padded batches of 4) on the
-same examples too. Usage: python benchmarks/train_cpu.py [steps] [--trl] (default 12 steps)
+same examples too. Each variant is warmed up first (2 untimed steps: allocator, thread pool, kernels), then the
+variants run alternately for several rounds (reversed order every other round, so neither side always runs on a
+warmer or cooler machine) and the medians are compared, as ingest.py does.
+Usage: python benchmarks/train_cpu.py [steps] [--rounds R] [--trl] (default 12 steps, 3 rounds)
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -117,26 +121,37 @@ def trl_sft(data: list[Example], plan: list[list[list[int]]]) -> float:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    argv = sys.argv[1:]
+    rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 3
+    args = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--rounds")]
     steps = int(args[0]) if args else 12
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = examples(400)
     plan = plan_steps(data, Settings(max_steps=steps, **SETTINGS))
     rows = sum(len(s) for s in plan)
     n_ex = sum(len(r) for s in plan for r in s)
-    print(f"{steps} steps, {n_ex} examples in {rows} packed rows, threads {torch.get_num_threads()}")
-    plain_tps = plain(data, plan)
-    print(f"plain PyTorch+PEFT (padded, HF loss): {plain_tps:8.0f} useful tokens/s")
-    project_tps = project(data, steps)
-    print(f"project trainer (packed, chunked loss): {project_tps:8.0f} useful tokens/s")
+    print(f"{steps} steps, {n_ex} examples in {rows} packed rows, threads {torch.get_num_threads()},"
+          f" {rounds} alternating rounds after a warm-up; torch {torch.__version__}")
+    variants = {
+        "plain PyTorch+PEFT (padded, HF loss)": lambda n: plain(data, plan[:n]),
+        "project trainer (packed, chunked loss)": lambda n: project(data, n),
+        "project trainer + gradient checkpointing (the CPU/MPS default)": lambda n: project(data, n, True),
+    }
+    if "--trl" in argv:
+        variants["TRL SFTTrainer (padded, completion-only)"] = lambda n: trl_sft(data, plan[:n])
+    for run in variants.values():
+        run(2)  # warm-up, untimed
+    measured: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+            measured[name].append(variants[name](steps))
+    medians = {name: statistics.median(values) for name, values in measured.items()}
+    plain_tps = next(iter(medians.values()))
+    for name, values in measured.items():
+        print(f"{name:64} median {medians[name]:7.0f} useful tokens/s ({medians[name] / plain_tps:.2f}x plain;"
+              f" rounds: {', '.join(f'{v:.0f}' for v in values)})")
+    project_tps = medians["project trainer (packed, chunked loss)"]
     print(f"ratio project/plain: {project_tps / plain_tps:.2f}x (target >= 0.9x)")
-    ckpt_tps = project(data, steps, checkpointing=True)
-    print(f"project trainer + gradient checkpointing (the CPU/MPS default): {ckpt_tps:8.0f} useful tokens/s"
-          f" ({ckpt_tps / plain_tps:.2f}x plain; memory for speed)")
-    if "--trl" in sys.argv:
-        trl_tps = trl_sft(data, plan)
-        print(f"TRL SFTTrainer (padded, completion-only):   {trl_tps:8.0f} useful tokens/s"
-              f" ({trl_tps / plain_tps:.2f}x plain)")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ class BandIndex:
         self.keys, self.ids = _merge(self.keys, self.ids, self.recent_keys, self.recent_ids)
         self.recent_keys, self.recent_ids = self.recent_keys[:0], self.recent_ids[:0]
 
-    def lookup(self, keys: np.ndarray | list[int]) -> dict[int, list[int]]:
-        """key -> record ids, for the keys that have any."""
+    def lookup(self, keys: np.ndarray | list[int], limit: int | None = None) -> dict[int, list[int]]:
+        """key -> record ids (oldest first), for the keys that have any; at most `limit` ids per key and array."""
         query = np.unique(np.asarray(keys, dtype=np.uint64))
         found: dict[int, list[int]] = {}
         for sorted_keys, ids in ((self.keys, self.ids), (self.recent_keys, self.recent_ids)):
@@ -56,7 +56,8 @@ class BandIndex:
                 if len(sorted_keys) else left[:0]
             right = np.searchsorted(sorted_keys, query[hits], side="right")
             for i, end in zip(hits.tolist(), right.tolist()):
-                found.setdefault(int(query[i]), []).extend(ids[left[i] : end].tolist())
+                stop = end if limit is None else min(end, int(left[i]) + limit)
+                found.setdefault(int(query[i]), []).extend(ids[left[i] : stop].tolist())
         return found
 
 

@@ -23,6 +23,10 @@ from iceburg_daemon.quality.vocab import Encoded
 
 NEAR_INDEX, TEMPLATE_INDEX = 1, 2
 NEAR_PERMS, NEAR_BANDS, NEAR_SHINGLE = 64, 16, 5  # 16 bands x 4 rows: candidates from ~0.5 Jaccard
+# A band key shared by thousands of records (long answers' skeletons are made of the same common phrases) says
+# little, and reading every sharer made each lookup cost grow with history: the oldest this many are candidates
+# (a template cluster's kept member is its oldest; a real duplicate shares several bands, not one hot key).
+MAX_SHARERS_PER_KEY = 256
 TEMPLATE_PERMS, TEMPLATE_BANDS, TEMPLATE_SHINGLE = 32, 16, 4  # 16 x 2: candidates from ~0.25
 
 Sketch = tuple[np.ndarray, np.ndarray]  # LSH band keys and MinHash signature
@@ -91,7 +95,7 @@ class DuplicateIndex:
         for idx, items in ((NEAR_INDEX, near), (TEMPLATE_INDEX, template)):
             keys = np.array([sketch[0] for _, sketch in items] or [[]], np.uint64)[: len(items)]
             distinct, counts = np.unique(keys, return_counts=True)
-            self._found[idx] = found = self.bands[idx].lookup(distinct)
+            self._found[idx] = found = self.bands[idx].lookup(distinct, MAX_SHARERS_PER_KEY)
             self._sigs[idx] = self.store.lsh_signatures(idx, {r for ids in found.values() for r in ids})
             shared = np.union1d(distinct[counts > 1], np.fromiter(found, np.uint64, len(found)))
             mask = np.isin(keys, shared)
