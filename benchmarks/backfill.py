@@ -2,7 +2,10 @@
 `iceburgd run` ingesting and filtering them. Prints the curve (records ingested and judged per interval), the
 peak RSS of the daemon with every child it started (feature workers, readers), and the store's size on disk.
 
-Usage: python benchmarks/backfill.py [N] [--files F] [--every SECONDS] [--semantic]
+The records are the realistic mix of corpus.py (varied answers, near duplicates, three templates, long answers);
+--unique: only varied answers (the data of the first measurements).
+
+Usage: python benchmarks/backfill.py [N] [--files F] [--every SECONDS] [--semantic] [--unique]
        (default 1,000,000 records in 100 files, sampled every 30 s, the default config: no embedding provider)
 """
 
@@ -22,40 +25,19 @@ from iceburg_daemon.errors import StoreError
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import chat_lines, write_config, write_jsonl
 
-
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of a process and all its descendants, from /proc (Linux)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        rss[int(entry.name)] = next((int(line.split()[1]) for line in status.splitlines()
-                                     if line.startswith("VmRSS:")), 0)
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == pid and p not in tree]
-        tree.update(children)
-        frontier += children
-    return sum(rss.get(p, 0) for p in tree) / 1024
+from corpus import realistic_lines, tree_rss_mb
 
 
-def progress(db: Path) -> tuple[int, int]:
+def progress(db: Path) -> tuple[int, int, int]:
     try:
         store = Store.open_readonly(db)
     except StoreError:
-        return 0, 0
+        return 0, 0, 0
     try:
         stored = store.conn.execute("SELECT COALESCE(SUM(stored + duplicates), 0) FROM files").fetchone()[0]
         judged = store.conn.execute("SELECT COUNT(*) FROM verdicts WHERE current = 1").fetchone()[0]
-        return int(stored), int(judged)
+        records = store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        return int(stored), int(judged), int(records)
     finally:
         store.close()
 
@@ -66,6 +48,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--every", type=float, default=30.0)
     ap.add_argument("--semantic", action="store_true", help="hash embedder: the semantic filter on")
+    ap.add_argument("--unique", action="store_true", help="only varied answers")
     ap.add_argument("--after", type=float, default=0.0, help="keep sampling this long once all are judged (the"
                     " triggers then freeze each role's dataset for its first run)")
     args = ap.parse_args()
@@ -80,14 +63,15 @@ def main() -> None:
         size = 0
         for f in range(args.files):
             count = per if f < args.files - 1 else args.n - per * (args.files - 1)
-            path = write_jsonl(root / f"part{f:04d}.jsonl", chat_lines(count, answer_bytes=1100, seed=f))
+            lines = chat_lines(count, answer_bytes=1100, seed=f) if args.unique else realistic_lines(count, seed=f)
+            path = write_jsonl(root / f"part{f:04d}.jsonl", lines)
             size += path.stat().st_size
             os.replace(path, cfg.inbox_dir / path.name)  # same filesystem: appears whole
         print(f"{args.n:,} records in {args.files} files, {size / 1e9:.2f} GB of JSONL, written in"
               f" {time.perf_counter() - t0:.0f} s")
         daemon = subprocess.Popen([sys.executable, "-m", "iceburg_daemon", "--config", str(cfg_path), "run"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        start, last, peak, curve = time.monotonic(), (0, 0), 0.0, []
+        start, last, peak, curve = time.monotonic(), (0, 0, 0), 0.0, []
         judged_at: float | None = None
         print(f"{'t (s)':>7} {'ingested':>10} {'judged':>10} {'ingest/s':>9} {'judge/s':>9} {'RSS MB':>7}")
         try:
@@ -98,10 +82,10 @@ def main() -> None:
                 peak = max(peak, rss)
                 t = time.monotonic() - start
                 rates = ((now[0] - last[0]) / args.every, (now[1] - last[1]) / args.every)
-                curve.append((t, *now, *rates, rss))
+                curve.append((t, now[0], now[1], *rates, rss))
                 print(f"{t:7.0f} {now[0]:10,} {now[1]:10,} {rates[0]:9,.0f} {rates[1]:9,.0f} {rss:7.0f}", flush=True)
                 last = now
-                if now[1] >= args.n and judged_at is None:
+                if now[0] >= args.n and now[1] >= now[2] and judged_at is None:  # every stored record judged
                     judged_at = t  # sampled: the last interval may hold some idle time
                 if (judged_at is not None and t - judged_at >= args.after) or daemon.poll() is not None:
                     break

@@ -16,25 +16,22 @@ feature in the main process, so the per-filter table covers them all)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import tempfile
 import threading
 import time
-from pathlib import Path
 from collections import Counter
-from typing import Any, Iterator
-
-from backfill import tree_rss_mb
-from filter_quality import TEMPLATES
+from pathlib import Path
+from typing import Any
 
 from iceburg_daemon.config import load_config
 from iceburg_daemon.ingest import ingest_paths
 from iceburg_daemon.quality import features as features_module
 from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import chat_lines, chat_record, write_config, write_jsonl
+from iceburg_daemon.testing import chat_lines, write_config, write_jsonl
+
+from corpus import realistic_lines, tree_rss_mb
 
 FILTERS = {  # (object, attribute) timed -> filter it implements
     "check_structure": "1 structure",
@@ -66,27 +63,6 @@ def _timed(owner: Any, name: str, totals: dict[str, float]) -> None:
             totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
 
     setattr(owner, name, wrapper)
-
-
-def realistic_lines(n: int, seed: int = 0) -> Iterator[str]:
-    """The mix described above, deterministic per seed; near duplicates copy an answer seen before."""
-    rng = random.Random(seed)
-    makers = list(TEMPLATES.values())
-    recent: list[dict[str, Any]] = []
-    for i in range(n):
-        roll = rng.random()
-        if roll < 0.10 and recent:
-            record = json.loads(json.dumps(rng.choice(recent)))
-            words = record["messages"][-1]["content"].split()
-            for _ in range(rng.randint(1, 4)):
-                words[rng.randrange(len(words))] = rng.choice(["indeed", "notably", "perhaps", "largely"])
-            record["messages"][-1]["content"] = " ".join(words)
-        elif roll < 0.25:
-            record = rng.choice(makers)(i, rng)
-        else:
-            record = chat_record(i, answer_bytes=rng.randint(6000, 12000) if roll > 0.95 else 1100, seed=seed)
-            recent = (recent + [record])[-1000:]
-        yield json.dumps(record)
 
 
 def main() -> None:
