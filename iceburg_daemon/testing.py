@@ -142,6 +142,20 @@ def heartbeat_state(db_path: Path) -> str | None:
         store.close()
 
 
+def store_count(db_path: Path, sql: str) -> int:
+    """A COUNT(*) query on a running daemon's store, read-only; 0 while the store is not created yet."""
+    from iceburg_daemon.store import Store
+
+    try:
+        store = Store.open_readonly(db_path)
+    except Exception:  # noqa: BLE001 - not created yet, or the daemon is creating its schema
+        return 0
+    try:
+        return int(store.conn.execute(sql).fetchone()[0])
+    finally:
+        store.close()
+
+
 def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.05) -> Any:
     """Poll until predicate() is truthy and return its value; AssertionError naming `what` after `timeout` s."""
     import time

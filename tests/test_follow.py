@@ -22,7 +22,7 @@ from iceburg_daemon.config import load_config
 from iceburg_daemon.follow import Follower
 from iceburg_daemon.status import collect
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import fact_record, spawn_daemon, wait_for, write_config
+from iceburg_daemon.testing import fact_record, spawn_daemon, store_count, wait_for, write_config
 
 
 class Clock:
@@ -344,14 +344,7 @@ def test_a_writer_appending_while_the_daemon_is_killed_and_restarted_gets_every_
 
 
 def _log_records(db: Path) -> int:
-    try:
-        store = Store.open_readonly(db)
-    except Exception:  # noqa: BLE001 - not created yet
-        return 0
-    try:
-        return store.conn.execute("SELECT COUNT(*) FROM records WHERE source = 'log:telemetry'").fetchone()[0]
-    finally:
-        store.close()
+    return store_count(db, "SELECT COUNT(*) FROM records WHERE source = 'log:telemetry'")
 
 
 def _heartbeat_pid(db: Path) -> int | None:

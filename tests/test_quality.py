@@ -107,6 +107,22 @@ def test_quality_signals(cfg, tmp_path):
     assert reasons(verdicts) == ["low_quality_score", None, "failed_generation", "hallucination_pattern"]
 
 
+def test_a_failure_signal_arriving_after_a_filter_pass_is_still_seen(cfg, tmp_path):
+    store = Store.open(cfg.db_path)
+    chain = FilterChain(cfg, store, clock=time.time)
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / "a.jsonl", [chat("What is it?", PROSE)])])
+    chain.run()  # no signal yet: the pass looks at every record so far, and only once
+    telemetry = {"prompt_id": "p2", "prompt_text": "Explain the failure case in detail", "response_time": 1.0,
+                 "success": False, "error_message": "timeout", "timestamp": 2.0}
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / "b.jsonl", [telemetry,
+                                                                 chat("Explain the failure case in detail", LIST_ANSWER)])])
+    chain.run()
+    rows = store.conn.execute("SELECT v.reason FROM records r JOIN verdicts v ON v.record_id = r.id AND"
+                              " v.current = 1 ORDER BY r.id").fetchall()
+    store.close()
+    assert [r["reason"] for r in rows] == [None, "failed_generation"]
+
+
 def test_exact_and_near_duplicates_name_the_original(cfg, tmp_path):
     first = judge(cfg, tmp_path, [chat("What is photosynthesis?", PROSE)], "a.jsonl")[0]
     variant = chat("what is PHOTOSYNTHESIS", PROSE.upper().replace(".", "!"))

@@ -14,7 +14,7 @@ from pathlib import Path
 from iceburg_daemon.config import load_config
 from iceburg_daemon.sink import InboxWriter
 from iceburg_daemon.store import Store
-from iceburg_daemon.testing import spawn_daemon, wait_for, write_config
+from iceburg_daemon.testing import spawn_daemon, store_count, wait_for, write_config
 
 WRITER = """
 import json, sys
@@ -30,14 +30,7 @@ with InboxWriter(sys.argv[1], max_records=40, max_seconds=0.2) as inbox:
 
 
 def _stored(db: Path) -> int:
-    try:
-        store = Store.open_readonly(db)
-    except Exception:  # noqa: BLE001 - not created yet
-        return 0
-    try:
-        return store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-    finally:
-        store.close()
+    return store_count(db, "SELECT COUNT(*) FROM records")
 
 
 def test_two_writer_processes_feed_a_running_daemon_exactly_once(tmp_path):

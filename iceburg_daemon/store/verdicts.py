@@ -127,9 +127,13 @@ class VerdictQueries:
         return rows
 
     # ---- signals the filter consults --------------------------------------------------------------------------
-    def signal_records(self, after_id: int) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT id, role, canonical FROM records WHERE kind = 'signal' AND id > ? ORDER BY id",
-                                 (after_id,)).fetchall()
+    def signal_records(self, after_id: int, upto_id: int) -> list[sqlite3.Row]:
+        """Signal records with after_id < id <= upto_id (a rowid range: only the new rows are read)."""
+        return self.conn.execute("SELECT id, role, canonical FROM records WHERE id > ? AND id <= ? AND kind = 'signal'"
+                                 " ORDER BY id", (after_id, upto_id)).fetchall()
+
+    def max_record_id(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0])
 
     # ---- reads for `data stats`, status and exports ----------------------------------------------------------
     def verdict_counts(self, role: str | None = None) -> list[sqlite3.Row]:
