@@ -433,13 +433,22 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             problems.append(f"paths: {p} cannot be created (no writable parent)")
 
 
+def _wild(part: str) -> bool:
+    return any(c in part for c in "*?[")
+
+
+def glob_base(pattern: str) -> Path:
+    """The folder a glob starts from: its parts before the first wildcard (a plain path's parent)."""
+    parts = Path(pattern).parts
+    return Path(*parts[: next((i for i, part in enumerate(parts) if _wild(part)), len(parts) - 1)])
+
+
 def log_source_problems(source: LogSourceConfig, data_dir: Path) -> list[str]:
     """A followed glob names files, not a folder, and stays out of the daemon's own data folder."""
     where, pattern = f"sources.logs.{source.name}.path", Path(source.path)
-    wild = [any(c in part for c in "*?[") for part in pattern.parts]
-    if not wild[-1] and pattern.is_dir():
+    if not _wild(pattern.name) and pattern.is_dir():
         return [f"{where}: {pattern} is a folder; give a glob of files, such as {pattern / '*.jsonl'}"]
-    base = Path(*pattern.parts[: wild.index(True) if True in wild else len(wild) - 1])  # the glob's fixed folder
+    base = glob_base(source.path)
     if base == data_dir or data_dir in base.parents or (base in data_dir.parents and "**" in source.path):
         return [f"{where}: {source.path} reaches into the daemon's data folder {data_dir}"]
     return []

@@ -19,8 +19,9 @@ import sqlite3
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
+from iceburg_daemon.config import glob_base
 from iceburg_daemon.ingest import ingest_file, quarantine_whole_file
 from iceburg_daemon.logs import get_logger, stage_failed
 from iceburg_daemon.store import BatchCounts, FileState, Store
@@ -108,7 +109,7 @@ class Follower:
         for seen in matches:
             row = active.get((seen.dev, seen.inode))
             if row is not None and (seen.size, seen.mtime_ns) != (row["size"], row["mtime_ns"]):
-                moved = self._check_known(source, row, seen, done, claimed=set(active))
+                moved = self._check_known(source, row, seen, done, claimed=active.keys())
                 active.pop((seen.dev, seen.inode))
                 if moved is not None:
                     active[(moved["dev"], moved["inode"])] = moved
@@ -136,9 +137,7 @@ class Follower:
     def _glob(self, pattern: str) -> list[Seen]:
         """Regular files matching now (symlinks followed: the target is what is read). OSError when the glob's
         folder cannot be listed, so a missing ICEBURG checkout shows as an unhealthy source."""
-        parts = Path(pattern).parts
-        fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)
-        os.listdir(Path(*parts[:fixed]))
+        os.listdir(glob_base(pattern))
         found = []
         for name in sorted(glob.glob(pattern, recursive=True)):
             path = Path(name)
@@ -156,7 +155,7 @@ class Follower:
         return found
 
     def _check_known(self, source: Any, row: sqlite3.Row, seen: Seen, done: list[Followed],
-                     claimed: set[tuple[int, int]]) -> sqlite3.Row | None:
+                     claimed: Collection[tuple[int, int]]) -> sqlite3.Row | None:
         """A followed file that changed: the same content grown (row returned, path updated), or truncated or
         replaced (the row moves to a copy that starts the same, or ends: None)."""
         fd = self._fd(row, seen.path)
@@ -177,7 +176,7 @@ class Follower:
         done.append(self._end(source, row, "truncated"))
         return None
 
-    def _find_copy(self, row: sqlite3.Row, claimed: set[tuple[int, int]]) -> Seen | None:
+    def _find_copy(self, row: sqlite3.Row, claimed: Collection[tuple[int, int]]) -> Seen | None:
         """A file in the row's folder, not followed yet, holding at least what was read and starting with the
         same bytes: the copy copy-truncate made before it emptied the original."""
         folder = Path(row["path"]).parent
