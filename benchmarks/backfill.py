@@ -94,6 +94,7 @@ def main() -> None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(300)
         db_bytes = sum(p.stat().st_size for p in cfg.data_dir.glob("iceburgd.sqlite3*"))
+        index_bytes = sum(p.stat().st_size for p in cfg.index_dir.rglob("*") if p.is_file())
     judged = [c for c in curve if c[4] > 0]
     third = max(len(judged) // 3, 1)
     first, final = judged[:third], judged[-third:]
@@ -104,6 +105,9 @@ def main() -> None:
     print(f"peak RSS, daemon and children: {peak:.0f} MB (target < 1,024 MB)"
           + (f", including {args.after:.0f} s after the last verdict" if args.after else ""))
     print(f"store on disk: {db_bytes / 1e9:.2f} GB = {db_bytes / args.n:,.0f} B/record")
+    if index_bytes:
+        print(f"semantic index on disk (saved at shutdown): {index_bytes / 1e9:.2f} GB = {index_bytes / args.n:,.0f}"
+              f" B/record")
 
 
 if __name__ == "__main__":

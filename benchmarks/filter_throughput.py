@@ -155,8 +155,8 @@ def main() -> None:
     print(f"LSH band keys in memory (near + template): {band_bytes / 1e6:.1f} MB = {per:.0f} B/record; projected 1M"
           f" records: {per * 1e6 / 1e9:.2f} GB of memory, linear")
     if index_bytes:
-        print(f"semantic index (ChromaDB, 384-d): {index_bytes / 1e6:.1f} MB = {index_bytes / max(accepted, 1):.0f}"
-              f" B/record; projected 1M: {index_bytes / max(accepted, 1) * 1e6 / 1e9:.2f} GB on disk")
+        print(f"semantic index (faiss HNSW over 8-bit codes, hash-384, saved copy): {index_bytes / 1e6:.1f} MB = {index_bytes / max(accepted, 1):.0f}"
+              f" B/accepted record; projected 1M accepted: {index_bytes / max(accepted, 1) * 1e6 / 1e9:.2f} GB on disk")
     print(f"peak RSS, this process + feature workers (sampled every 0.5 s): {peak[0]:.0f} MB (target < 1 GB at 1M)")
 
 

@@ -9,7 +9,8 @@ FLOPs counted per computed token: 6 x the non-embedding parameters (forward, rec
 backward to the activations; the base's weights are frozen, so no weight gradients), plus the LM head on trained
 positions only (the chunked loss: forward, recompute, backward) and causal attention within each document.
 
-Usage: python benchmarks/train_smollm2_cpu.py [steps] [--no-profile]   (default 3 measured steps after 1 warm-up)
+Usage: python benchmarks/train_smollm2_cpu.py [steps] [--no-profile] [--attn=sdpa]   (default 3 measured steps
+after 1 warm-up; attention as the training child picks it on a CPU unless --attn names one)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iceburg_daemon.cli_train import default_gguf  # noqa: E402
 from iceburg_daemon.config_training import TrainParams  # noqa: E402
 from iceburg_daemon.training.data import IGNORE, Example  # noqa: E402
-from iceburg_daemon.training.model import add_lora, enable_checkpointing, load_base  # noqa: E402
+from iceburg_daemon.training.model import add_lora, enable_checkpointing, load_base, pick_attention  # noqa: E402
 from iceburg_daemon.training.sft import Settings, Trainer  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "iceburgd-bench" / "smollm2-135m-instruct"
@@ -105,7 +106,9 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     steps = int(args[0]) if args else 3
     params = TrainParams()
-    model, tok, _ = load_base(str(base_folder()), allow_download=False, dtype=torch.float32, attn="sdpa")
+    attn = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--attn=")), None) \
+        or pick_attention(params.attn_implementation, torch.device("cpu"))
+    model, tok, _ = load_base(str(base_folder()), allow_download=False, dtype=torch.float32, attn=attn)
     cfg = model.config
     dense = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
     lora = dict(lora_r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
@@ -115,7 +118,8 @@ def main() -> None:
     data, s = examples(cfg.vocab_size), settings(params)
     print(f"SmolLM2-135M ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {dense / 1e6:.1f}M non-embedding"
           f" parameters), fp32, LoRA r{params.lora_r} on {len(params.target_modules)} linear kinds, max_length"
-          f" {params.max_length}, {len(data)} examples; torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f" {params.max_length}, {len(data)} examples, attention {attn}; torch {torch.__version__}, threads"
+          f" {torch.get_num_threads()}")
     train(model, data, s, 1, tok.pad_token_id or 0)  # warm-up: allocator, thread pool
     trainer, record = train(model, data, s, steps, tok.pad_token_id or 0)
     rows = trainer.plan[: len(record.seconds)]

@@ -276,7 +276,11 @@ def _ingest(cfg: Config, paths: list[Path], *, as_json: bool) -> int:
 def _filter_now(cfg: Config, store: Any) -> Counter[tuple[str, str, str]]:
     from iceburg_daemon.quality.chain import FilterChain
 
-    return FilterChain(cfg, store, clock=time.time).run()
+    chain = FilterChain(cfg, store, clock=time.time)
+    try:
+        return chain.run()
+    finally:
+        chain.close()
 
 
 def _config(cfg: Config, command: str, *, as_json: bool) -> int:

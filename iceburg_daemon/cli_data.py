@@ -103,7 +103,10 @@ def _refilter(cfg: Config, *, as_json: bool) -> int:
         if chain.semantic is not None:
             chain.semantic.rebuild()  # no accepted record is left, so this empties the vector index
         total = store.unfiltered_count()
-        judged = chain.run(progress=_progress(total, enabled=not as_json))
+        try:
+            judged = chain.run(progress=_progress(total, enabled=not as_json))
+        finally:
+            chain.close()  # workers stopped, the vector index saved
     finally:
         store.close()
         lock.release()

@@ -51,7 +51,7 @@ class TrainParams:
     grad_accum: int = 4  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 42  # data order and adapter initialisation
-    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "sdpa_packed", "eager", "flex_attention", "flash_attention_2"] = "auto"
     compile_layers: bool = False  # torch.compile each decoder layer and the loss (CUDA: 1.6x on an H200)
     # PEFT keeps the adapters in float32: without autocast their matmuls run on plain float32 units. auto: bf16
     # autocast on CUDA with a bf16 base (1.3x on an H200), off elsewhere; "on" / "off" force it

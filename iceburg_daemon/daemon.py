@@ -108,7 +108,7 @@ class Daemon(InputStages):
         except EmbeddingError as exc:
             log.warning("semantic_unavailable", error=str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - chromadb raises many kinds; the index is derived, so rebuild
+        except Exception as exc:  # noqa: BLE001 - the index is derived data: whatever broke it, rebuild it
             log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
             try:
                 added = semantic.rebuild(on_batch=self.keep_alive)

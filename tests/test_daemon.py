@@ -157,7 +157,9 @@ def test_sigterm_mid_file_checkpoints_and_the_next_start_finishes(tmp_path):
 
 
 def test_daemon_process_never_imports_torch_or_chromadb(cfg_path, fixtures):
-    cfg_path.write_text(cfg_path.read_text() + f'\n[[sources.chroma]]\nname = "p"\npath = "{fixtures}/data/chroma"\n')
+    """Not even with the semantic filter on: its vector index is faiss in the daemon, chromadb runs in a child."""
+    cfg_path.write_text(cfg_path.read_text() + f'\n[[sources.chroma]]\nname = "p"\npath = "{fixtures}/data/chroma"\n'
+                        '\n[embedding]\nprovider = "hash"\n')
     code = (
         "import sys\n"
         "from iceburg_daemon.cli import main\n"

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from iceburg_daemon.config import load_config
 from iceburg_daemon.daemon import Daemon
 from iceburg_daemon.metrics import Metrics
+from iceburg_daemon.errors import StoreError
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import (chat_lines, iceburgd, spawn_daemon, wait_until_running, write_config,
                                     write_jsonl)
@@ -78,14 +79,16 @@ def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
     rng = random.Random(5)
     progress, helpers = [], []
     for _ in range(6):
+        before = _verdicts(cfg)
         proc = spawn_daemon(path)
-        time.sleep(rng.uniform(0.6, 1.5))
+        deadline = time.monotonic() + 60  # judging has begun (start-up takes seconds on a slow machine) ...
+        while _verdicts(cfg) == before < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.8))  # ... then the kill lands anywhere in a batch
         helpers += _children(proc.pid)  # the feature worker (and multiprocessing's resource tracker)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        store = Store.open_readonly(cfg.db_path)
-        progress.append(store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
-        store.close()
+        progress.append(_verdicts(cfg))
     assert any(0 < p < n for p in progress) and len(set(progress)) > 2  # kills landed while the filter worked
     assert helpers  # the worker was running when the daemon died ...
     deadline = time.monotonic() + 10
@@ -101,6 +104,17 @@ def test_killing_mid_filter_leaves_exactly_one_current_verdict(tmp_path):
     assert store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == n  # no verdict written twice
     assert store.integrity_ok()
     store.close()
+
+
+def _verdicts(cfg) -> int:
+    try:
+        store = Store.open_readonly(cfg.db_path)
+    except StoreError:
+        return 0
+    try:
+        return store.conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    finally:
+        store.close()
 
 
 def _children(pid: int) -> list[int]:

@@ -314,11 +314,14 @@ def test_a_writer_appending_while_the_daemon_is_killed_and_restarted_gets_every_
     cfg = load_config(cfg_path, env={})
     n, rng = 1200, random.Random(7)
     writer = threading.Thread(target=_write_with_rotations, args=(logs, n, 7))
-    writer.start()
     stored_at_kill = []
-    while writer.is_alive():
+    while not stored_at_kill or writer.is_alive():
         daemon = spawn_daemon(cfg_path)
-        time.sleep(rng.uniform(0.8, 2.0))
+        # started (seconds on a slow machine) before the writer starts and before each kill
+        wait_for(lambda: _heartbeat_pid(cfg.db_path) == daemon.pid, 60, "the daemon to start")
+        if not writer.is_alive() and not stored_at_kill:
+            writer.start()
+        time.sleep(rng.uniform(0.5, 1.5))
         daemon.kill()  # SIGKILL: no shutdown, mid-batch or mid-rotation
         daemon.wait(30)
         stored_at_kill.append(_log_records(cfg.db_path))

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "iceburg_daemon"
-IMPORT = re.compile(r"^\s*(?:from|import)\s+(chromadb|torch|transformers|peft|trl)\b", re.MULTILINE)
+IMPORT = re.compile(r"^\s*(?:from|import)\s+(chromadb|faiss|torch|transformers|peft|trl)\b", re.MULTILINE)
 
 
 def _importers(name):
@@ -14,6 +14,10 @@ def _importers(name):
 
 def test_only_chroma_py_imports_chromadb():
     assert _importers("chromadb") == ["chroma.py"]
+
+
+def test_only_vector_index_py_imports_faiss():
+    assert _importers("faiss") == ["vector_index.py"]
 
 
 def test_only_the_training_package_may_import_the_training_stack():
@@ -41,7 +45,7 @@ def test_every_third_party_import_is_declared_in_pyproject():
     for path in PACKAGE.rglob("*.py"):
         imported |= set(re.findall(r"^\s*(?:from|import)\s+([a-zA-Z_0-9]+)", path.read_text(), re.MULTILINE))
     third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("iceburg_daemon",)}
-    aliases = {"prometheus_client": "prometheus_client", "yaml": "pyyaml"}
+    aliases = {"prometheus_client": "prometheus_client", "yaml": "pyyaml", "faiss": "faiss_cpu"}
     missing = sorted(m for m in third_party if aliases.get(m, m).lower() not in declared)
     assert missing == []
 

@@ -42,6 +42,7 @@ def _chain(tmp_path, records, delay):
     chain = FilterChain(cfg, store, clock=time.time)
     assert chain.semantic is not None
     chain.semantic.embedder = slow = _SlowEmbedder(chain.semantic.embedder.dim, delay)
+    chain.hash_dim = chain.workers.hash_dim = 0  # it stands for Ollama: vectors come from the embedder, not the features
     return cfg, store, chain, slow
 
 

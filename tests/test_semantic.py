@@ -1,4 +1,4 @@
-"""Filter 8: semantic duplicates through the daemon's own ChromaDB index, with the hash and Ollama embedders."""
+"""Filter 8: semantic duplicates through the daemon's own vector index, with the hash, Ollama and onnx embedders."""
 
 import json
 import random
@@ -8,11 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from iceburg_daemon.chroma import VectorIndex
 from iceburg_daemon.config import load_config
 from iceburg_daemon.daemon import Daemon
 from iceburg_daemon.quality.embed import HashEmbedder
 from iceburg_daemon.store import Store
+from iceburg_daemon.vector_index import VectorIndex
 from iceburg_daemon.testing import chat_record, iceburgd, write_config, write_jsonl
 
 
@@ -81,12 +81,12 @@ def test_a_corrupted_index_is_rebuilt_from_the_store(tmp_path):
     assert res.returncode == 0 and json.loads(res.stdout) == {"indexed": 6}
 
 
-def test_collections_carry_model_and_dimension(tmp_path):
+def test_each_model_and_dimension_has_its_own_folder(tmp_path):
     index = VectorIndex(tmp_path / "idx", "nomic-embed-text:latest", 768)
-    assert index.collection_name("oracle") == "answers-oracle-nomic-embed-text-latest-768"
+    assert index.folder == tmp_path / "idx" / "nomic-embed-text-latest-768"
     vectors = HashEmbedder(384).embed(["one answer", "another answer"])
     assert vectors.shape == (2, 384)
-    assert VectorIndex(tmp_path / "idx", "hash-384", 384).collection_name("oracle") != index.collection_name("oracle")
+    assert VectorIndex(tmp_path / "idx", "hash-384", 384).folder != index.folder
 
 
 class _FakeOllama(BaseHTTPRequestHandler):
@@ -131,7 +131,7 @@ def test_ollama_embeddings_over_http(tmp_path, ollama):
     _drop_and_run(cfg, "a.jsonl", originals + [_paraphrase(originals[2], 1)])
     assert [v["reason"] for v in _verdicts(cfg)] == [None, None, None, "semantic_duplicate"]
     assert _FakeOllama.calls >= 1
-    assert any(p.name.startswith("chroma") for p in cfg.index_dir.iterdir())
+    assert (cfg.index_dir / "nomic-embed-text-768" / "manifest.json").is_file()
 
 
 def test_ollama_down_does_not_stall_the_filter(tmp_path):
@@ -153,10 +153,8 @@ def test_refilter_starts_the_vector_index_afresh(tmp_path):
     assert res.returncode == 0 and json.loads(res.stdout)["accepted"] == 3
     # The old vectors went with the old generation and the accepted answers were indexed again.
     assert [v["reason"] for v in _verdicts(cfg)] == [None, None, None, "semantic_duplicate"]
-    from chromadb.api.client import SharedSystemClient
-
-    SharedSystemClient.clear_system_cache()  # this process still caches the index the CLI child replaced
     index = VectorIndex(cfg.index_dir, "hash-384", 384)
+    index.load()
     assert sum(index.count(role) for role in ("surveyor", "dissident", "synthesist", "oracle")) == 3
 
 

@@ -327,3 +327,48 @@ def test_merged_weights_keep_the_base_dtype(tmp_path):
     assert base_dtype(tmp_path) == torch.float16
     (tmp_path / "config.json").write_text("{}")
     assert base_dtype(tmp_path) is None
+
+
+def test_per_document_attention_equals_sdpa_under_the_block_mask():
+    """sdpa_packed (the CPU default) against sdpa with the brute-force block-diagonal causal mask: grouped
+    key/value heads, rows of several documents, a row that is one document, padding as its own document."""
+    from iceburg_daemon.training.model import packed_sdpa_attention
+
+    rows = [[5, 30, 16, 16, 5], [72], [40, 20, 12]]
+    pos = torch.tensor([[p for n in row for p in range(n)] for row in rows])
+    doc = (pos == 0).cumsum(1)
+    causal = torch.arange(72).view(-1, 1) >= torch.arange(72).view(1, -1)
+    dense = (doc[:, :, None] == doc[:, None, :]) & causal
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 72, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, 72, 8, requires_grad=True) for _ in range(2))
+    got, _ = packed_sdpa_attention(None, q, k, v, None, scaling=0.3, position_ids=pos)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense[:, None], scale=0.3,
+                                                            enable_gqa=True).transpose(1, 2)
+    assert got.shape == want.shape == (3, 72, 4, 8)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (got, want)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_training_with_per_document_attention_gives_the_same_losses(tiny_base, tok, tmp_path):
+    sdpa = _losses(tiny_base, tok, tmp_path / "sdpa", checkpointing=True)
+    packed = _losses(tiny_base, tok, tmp_path / "packed", checkpointing=True, attn="sdpa_packed")
+    assert packed == pytest.approx(sdpa, rel=1e-5) and len(packed) == 3
+
+
+def test_per_document_attention_leaves_a_padded_batch_to_sdpa(tiny_base):
+    """DPO and evaluation run padded batches with an attention mask through the same model: their logits must
+    not change with the CPU default."""
+    from iceburg_daemon.training import model as _  # noqa: F401 - registers sdpa_packed
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [0, 0, 0, 11, 12, 13]])  # left padding: real tokens see the pads
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
+    logits = {}
+    for attn in ("sdpa", "sdpa_packed"):
+        net = AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation=attn).eval()
+        with torch.no_grad():
+            logits[attn] = net(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(logits["sdpa"][real], logits["sdpa_packed"][real], atol=1e-5)

@@ -13,11 +13,13 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
+import numpy as np
+
 from iceburg_daemon.config import Config
 from iceburg_daemon.fsutil import is_disk_full
 from iceburg_daemon.logs import get_logger
 from iceburg_daemon.quality.dedup import DuplicateIndex
-from iceburg_daemon.quality.embed import EmbeddingError, make_embedder
+from iceburg_daemon.quality.embed import EmbeddingError, HashEmbedder, make_embedder
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.features import Features, Row, extract
 from iceburg_daemon.quality.signals import NegativeSignals, check_signals
@@ -50,7 +52,8 @@ class FilterChain:
         # Every record up to this id has a current verdict of this generation: the next search starts after it
         # (record ids only grow, and only a refilter, which bumps the generation, takes verdicts away).
         self._judged_upto = (0, 0)  # (generation, record id)
-        self.workers = FeatureWorkers(worker_count(cfg.quality.workers))
+        self.hash_dim = embedder.dim if isinstance(embedder, HashEmbedder) else 0  # the workers embed then
+        self.workers = FeatureWorkers(worker_count(cfg.quality.workers), self.hash_dim)
         self._ahead: Batch | None = None  # the next batch, its features being computed while one is judged
         self._should_stop: Callable[[], bool] = lambda: False
         self._embed_failures, self._embed_retry_at = 0, 0.0  # back-off of a failing embedder (monotonic time)
@@ -101,7 +104,7 @@ class FilterChain:
         out = []
         for row in rows:
             try:
-                out += self._judge_batch(generation, extract([row], self.q))
+                out += self._judge_batch(generation, extract([row], self.q, self.hash_dim))
             except Exception as exc:  # noqa: BLE001 - the record's verdict says why
                 if is_disk_full(exc):
                     raise
@@ -142,6 +145,8 @@ class FilterChain:
     def close(self) -> None:
         self._ahead = None
         self.workers.close()
+        if self.semantic is not None:
+            self.semantic.save()  # what was indexed since the last save need not be indexed again
 
     def _fetch(self, generation: int, after: int, *, ahead: bool = False) -> Batch | None:
         """The next pending rows after a record id, and (a way to wait for) their features: computed by the
@@ -154,7 +159,7 @@ class FilterChain:
             return None
         if ahead:
             return generation, rows, self.workers.submit(rows, self.q)
-        feats = extract(rows, self.q)
+        feats = extract(rows, self.q, self.hash_dim)
         return generation, rows, lambda: feats
 
     def _judge_batch(self, generation: int, feats: list[Features]) -> list[dict[str, Any]]:
@@ -197,17 +202,18 @@ class FilterChain:
             return [], None
         assert self.semantic is not None
         items = [(f.record_id, f.role, f.answer) for f, _ in waiting]
+        given = np.stack([f.vector for f, _ in waiting]) if all(f.vector is not None for f, _ in waiting) else None
         try:
             if time.monotonic() < self._embed_retry_at:
                 raise EmbeddingError("backing off")  # a slow or broken embedder is not asked on every batch
             try:
-                findings, vectors = self.semantic.check(items)
+                findings, vectors = self.semantic.check(items, given)
             except EmbeddingError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an unreadable index is derived data: rebuild it, then retry
                 log.warning("semantic_index_unreadable", error=f"{type(exc).__name__}: {exc}")
                 self.semantic.rebuild(on_batch=self._should_stop)
-                findings, vectors = self.semantic.check(items)
+                findings, vectors = self.semantic.check(items, given)
             self._embed_failures = 0
         except EmbeddingError as exc:  # e.g. Ollama is down: judge without this filter rather than stall
             if time.monotonic() >= self._embed_retry_at:

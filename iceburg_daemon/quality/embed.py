@@ -12,8 +12,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from iceburg_daemon.errors import IceburgDaemonError, PublishError  # PublishError: any failed Ollama call
-from iceburg_daemon.quality.minhash import word_hashes
 from iceburg_daemon.quality.text import words
+from iceburg_daemon.quality.vocab import Encoded, encode
 
 
 class EmbeddingError(IceburgDaemonError):
@@ -35,17 +35,26 @@ class HashEmbedder:
         self.model = f"hash-{dim}"
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            uni = word_hashes(words(text))
-            with np.errstate(over="ignore"):  # bigram ids mix two word hashes; wrapping is fine
-                bi = uni[:-1] * np.uint64(0x9E3779B1) + uni[1:]
-            features = np.concatenate([uni, bi & np.uint64(0xFFFFFFFF)])
-            signs = np.where(features & np.uint64(0x80000000), 1.0, -1.0)
-            out[row] = np.bincount((features % np.uint64(self.dim)).astype(np.int64), weights=signs,
-                                   minlength=self.dim)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1, norms)
+        return hash_vectors(encode([words(text) for text in texts]), self.dim)
+
+
+def hash_vectors(enc: Encoded, dim: int) -> np.ndarray:
+    """The hash embedding of a whole encoded batch at once (the feature workers call this on the words they
+    already encoded): one bincount over (text, bucket) for every unigram and bigram of every text."""
+    uni, sizes = enc.hashes, enc.sizes
+    text_of = np.repeat(np.arange(len(sizes)), sizes)
+    starts = np.cumsum(sizes) - sizes
+    inside = np.ones(max(len(uni) - 1, 0), dtype=bool)  # a bigram never spans two texts
+    inside[(starts + sizes - 1)[(sizes > 0) & (starts + sizes < len(uni))]] = False
+    with np.errstate(over="ignore"):  # bigram ids mix two word hashes; wrapping is fine
+        bi = (uni[:-1] * np.uint64(0x9E3779B1) + uni[1:])[inside] & np.uint64(0xFFFFFFFF)
+    features = np.concatenate([uni, bi])
+    rows = np.concatenate([text_of, text_of[:-1][inside] if len(uni) else text_of])
+    signs = np.where(features & np.uint64(0x80000000), 1.0, -1.0)
+    cells = rows * dim + (features % np.uint64(dim)).astype(np.int64)
+    out = np.bincount(cells, weights=signs, minlength=len(sizes) * dim).reshape(len(sizes), dim).astype(np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms == 0, 1, norms)
 
 
 class OllamaEmbedder:

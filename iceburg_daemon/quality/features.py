@@ -1,6 +1,6 @@
 """A batch of stored rows -> what the filters need of each record, computed once and without the store: the
-parsed record, prompt and answer, the structure verdict, word list, exact key, MinHash sketches and the
-repetition verdict. Everything here is a pure function of the row and the config, so it also runs in worker
+parsed record, prompt and answer, the structure verdict, word list, exact key, MinHash sketches, the
+repetition verdict and, with the hash embedder, the answer's vector. Everything here is a pure function of the row and the config, so it also runs in worker
 processes (`workers.py`)."""
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from iceburg_daemon.quality.dedup import Sketch, exact_key, near_sketches, template_sketches, topic_words
+from iceburg_daemon.quality.embed import hash_vectors
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.heuristics import check_repetition_batch
 from iceburg_daemon.quality.structure import check_structure
@@ -34,10 +37,12 @@ class Features:
     near: Sketch | None = None
     template: Sketch | None = None
     repetition: tuple[Finding | None, dict[str, float]] | None = None
+    vector: np.ndarray | None = None  # hash embedding of the answer (filter 8)
 
 
-def extract(rows: list[Row], q: Any) -> list[Features]:
-    """Features of each row; a record that fails the structure filter gets nothing more computed."""
+def extract(rows: list[Row], q: Any, hash_dim: int = 0) -> list[Features]:
+    """Features of each row; a record that fails the structure filter gets nothing more computed. hash_dim:
+    the hash embedder's dimension, when it is the semantic filter's provider (0: no vectors here)."""
     feats = []
     for record_id, role, canonical in rows:
         record = json.loads(canonical)
@@ -49,9 +54,12 @@ def extract(rows: list[Row], q: Any) -> list[Features]:
     if q.exact_dedup:
         for f in live:
             f.exact = exact_key(f.prompt, f.answer)
-    if q.near_dedup or q.template:  # the prompts' topic words too: template skeletons mask them
+    if q.near_dedup or q.template or hash_dim:  # the prompts' topic words too: template skeletons mask them
         answers, topics = encode(tokens + ([topic_words(f.prompt) for f in live] if q.template else [])
                                  ).split(len(live))
+        if hash_dim:
+            for f, vector in zip(live, hash_vectors(answers, hash_dim)):
+                f.vector = vector
         if q.near_dedup:
             for f, sketch in zip(live, near_sketches(answers)):
                 f.near = sketch

@@ -36,7 +36,8 @@ def shingle_hashes(wh: np.ndarray, sizes: np.ndarray, n: int) -> tuple[np.ndarra
     per text). Repeats are kept: MinHash ignores them."""
     starts = np.cumsum(sizes) - sizes
     acc = np.zeros(len(wh), dtype=np.uint64)
-    for j in range(n):  # acc[i] = sum_j wh[i + j] * mix[j], wrapping mod 2**64, for every start i
+    for j in range(min(n, len(wh))):  # acc[i] = sum_j wh[i + j] * mix[j], wrapping mod 2**64, for every start i
+        # (min: a batch of fewer than n words in all made acc[:len - j] wrap round to a negative end)
         acc[: len(wh) - j] += wh[j:] * _SHINGLE_MIX[j]
     counts = np.maximum(sizes - n + 1, np.minimum(sizes, 1))
     short = np.flatnonzero((sizes < n) & (sizes > 0))

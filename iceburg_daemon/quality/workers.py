@@ -5,7 +5,7 @@ The main process computes a share of each batch itself when judging alone would 
 workers; the share is steered by how long it waited for them in the last batch (on 2 cores, 1 worker: about a
 third of the rows without the semantic filter, where judging is cheap; none with it).
 
-Workers are started with `spawn` (the daemon holds SQLite and ChromaDB handles a fork must not copy), only
+Workers are started with `spawn` (the daemon holds SQLite handles and a vector index a fork must not copy), only
 while a backlog lasts, and stopped when it is drained so an idle daemon keeps no extra processes. A worker that
 dies is not fatal: the batch is computed in the main process and the pool is started again later.
 """
@@ -45,8 +45,9 @@ def worker_count(configured: int) -> int:
 
 
 class FeatureWorkers:
-    def __init__(self, count: int):
+    def __init__(self, count: int, hash_dim: int = 0):
         self.count = count
+        self.hash_dim = hash_dim  # passed to extract: hash vectors are computed with the other features
         self._pool: ProcessPoolExecutor | None = None
         self.share = 1.0  # of each batch's rows sent to the workers; the main process computes the rest
         self._row_seconds: float | None = None  # the main process's extraction time per row (moving average)
@@ -61,16 +62,17 @@ class FeatureWorkers:
                                                      initializer=_exit_with_parent)
                 sent = max(1, round(len(rows) * self.share))
                 size = -(-sent // self.count)
-                futures = [self._pool.submit(extract, rows[i : min(i + size, sent)], q) for i in range(0, sent, size)]
+                futures = [self._pool.submit(extract, rows[i : min(i + size, sent)], q, self.hash_dim)
+                           for i in range(0, sent, size)]
                 return lambda: self._collect(futures, rows, sent, q)
             except Exception as exc:  # noqa: BLE001 - no worker could start: compute here
                 self._failed(exc)
-        feats = extract(rows, q)
+        feats = extract(rows, q, self.hash_dim)
         return lambda: feats
 
     def _collect(self, futures: list[Future[list[Features]]], rows: list[Row], sent: int, q: Any) -> list[Features]:
         started = time.perf_counter()
-        own = extract(rows[sent:], q)
+        own = extract(rows[sent:], q, self.hash_dim)
         if len(rows) > sent:
             seconds = (time.perf_counter() - started) / (len(rows) - sent)
             self._row_seconds = seconds if self._row_seconds is None else 0.7 * self._row_seconds + 0.3 * seconds
@@ -79,7 +81,7 @@ class FeatureWorkers:
             done = [f for future in futures for f in future.result()]
         except Exception as exc:  # noqa: BLE001 - e.g. a killed worker: compute here, start afresh next time
             self._failed(exc)
-            return extract(rows[:sent], q) + own
+            return extract(rows[:sent], q, self.hash_dim) + own
         self._steer(time.perf_counter() - started, len(rows))
         return done + own
 
