@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from iceburg_daemon.errors import IceburgDaemonError
+from iceburg_daemon.fsutil import fsync_path
 
 TRAIN_AT = 4096  # vectors per role searched exactly before the graph is trained on them
 HNSW_NEIGHBOURS, EF_SEARCH = 16, 64  # measured: recall 98.6 % of the >= 0.95 pairs (note of issue 16)
@@ -103,7 +104,8 @@ class RoleVectors:
 
 def _train(sample: np.ndarray) -> Any:
     faiss = _faiss()
-    graph = faiss.IndexHNSWSQ(sample.shape[1], faiss.ScalarQuantizer.QT_8bit, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    graph = faiss.IndexHNSWSQ(sample.shape[1], faiss.ScalarQuantizer.QT_8bit, HNSW_NEIGHBOURS,
+                              faiss.METRIC_INNER_PRODUCT)
     sq = faiss.downcast_index(graph.storage).sq  # 8-bit codes span each dimension's trained range, widened:
     sq.rangestat, sq.rangestat_arg = faiss.ScalarQuantizer.RS_minmax, RANGE_MARGIN  # past it a value is clipped
     graph.train(sample)
@@ -136,8 +138,10 @@ class VectorIndex:
 
     def nearest(self, role: str, vectors: np.ndarray) -> list[tuple[int, float] | None]:
         """(record id, cosine similarity) of the closest stored answer for each vector, or None."""
-        ids, sims = self.roles[role].nearest(vectors) if role in self.roles else (np.full(len(vectors), -1), None)
-        return [(int(i), float(s)) if i >= 0 else None for i, s in zip(ids, sims if sims is not None else ids)]
+        if role not in self.roles:
+            return [None] * len(vectors)
+        ids, sims = self.roles[role].nearest(vectors)
+        return [(int(i), float(s)) if i >= 0 else None for i, s in zip(ids, sims)]
 
     def add(self, role: str, record_ids: Sequence[int], vectors: np.ndarray) -> None:
         if len(record_ids):
@@ -150,6 +154,7 @@ class VectorIndex:
         """Read the last save (nothing saved: an empty index). Raises VectorIndexError when it is unreadable."""
         manifest = self.folder / "manifest.json"
         if not manifest.exists():
+            _drop_chroma_index(self.path)
             return
         try:
             meta = json.loads(manifest.read_text())
@@ -173,21 +178,18 @@ class VectorIndex:
         roles = {role: vectors.save(self.folder / f"{role}.{seq}") for role, vectors in self.roles.items()}
         for entry in roles.values():
             for f in self.folder.glob(f"{entry['stem']}.*"):
-                _fsync(f)
+                fsync_path(f)
         tmp = self.folder / "manifest.json.tmp"
         tmp.write_text(json.dumps({"format": FORMAT, "model": self.model, "dim": self.dim, "upto": self.upto,
                                    "seq": seq, "roles": roles}))
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, self.folder / "manifest.json")
-        _fsync(self.folder)
+        fsync_path(self.folder)
         keep = {entry["stem"] for entry in roles.values()}
         for f in self.folder.iterdir():
             if f.name != "manifest.json" and ".".join(f.name.split(".")[:2]) not in keep:
                 f.unlink(missing_ok=True)
         self._seq, self.saved_upto = seq, self.upto
-
-    def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.folder.iterdir()) if self.folder.exists() else 0
 
     def destroy(self) -> None:
         """Forget everything, saved copies of any model included (a corrupted or stale index, or the ChromaDB
@@ -197,13 +199,15 @@ class VectorIndex:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _drop_chroma_index(path: Path) -> None:
+    """Versions before this index kept a ChromaDB store in data/index/ (chroma.sqlite3 and a folder per
+    collection segment): nothing reads it any more, and it was the bigger of the two (1.9 KB per record)."""
+    if (path / "chroma.sqlite3").exists():
+        for entry in path.iterdir():
+            if entry.name.startswith("chroma.sqlite3") or (entry.is_dir() and len(entry.name) == 36
+                                                           and entry.name.count("-") == 4):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 def _file(stem: Path, suffix: str) -> Path:
     return stem.parent / (stem.name + suffix)  # not with_suffix: the stem "oracle.3" has a suffix of its own
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

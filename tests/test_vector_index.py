@@ -125,3 +125,13 @@ def test_hash_vectors_of_an_encoded_batch_equal_the_embedder_text_by_text():
     one_by_one = np.concatenate([HashEmbedder(384).embed([t]) for t in texts])
     assert np.array_equal(batch, one_by_one)
     assert np.allclose(np.linalg.norm(batch[[0, 2, 3, 4]], axis=1), 1) and not batch[1].any()
+
+
+def test_the_chromadb_index_of_earlier_versions_is_deleted_and_rebuilt_from_the_store(tmp_path):
+    old = tmp_path / "index"
+    (old / "0b1e8c2a-6f0e-4d2b-9a51-3c7e2f1d9a10").mkdir(parents=True)
+    (old / "0b1e8c2a-6f0e-4d2b-9a51-3c7e2f1d9a10" / "data_level0.bin").write_bytes(b"\0" * 64)
+    (old / "chroma.sqlite3").write_bytes(b"SQLite format 3\0")
+    index = VectorIndex(old, "hash-384", 384)
+    index.load()
+    assert list(old.iterdir()) == [] and index.upto == 0  # empty: the daemon indexes every accepted record
