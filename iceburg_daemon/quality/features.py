@@ -1,7 +1,7 @@
 """A batch of stored rows -> what the filters need of each record, computed once and without the store: the
 parsed record, prompt and answer, the structure verdict, word list, exact key, MinHash sketches, the
-repetition verdict and, with the hash embedder, the answer's vector. Everything here is a pure function of the row and the config, so it also runs in worker
-processes (`workers.py`)."""
+repetition verdict and, with the hash embedder, the answer's vector. Everything here is a pure function of the
+row and the config, so it also runs in worker processes (`workers.py`)."""
 
 from __future__ import annotations
 
