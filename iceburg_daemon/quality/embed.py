@@ -49,7 +49,7 @@ def hash_vectors(enc: Encoded, dim: int) -> np.ndarray:
     with np.errstate(over="ignore"):  # bigram ids mix two word hashes; wrapping is fine
         bi = (uni[:-1] * np.uint64(0x9E3779B1) + uni[1:])[inside] & np.uint64(0xFFFFFFFF)
     features = np.concatenate([uni, bi])
-    rows = np.concatenate([text_of, text_of[:-1][inside] if len(uni) else text_of])
+    rows = np.concatenate([text_of, text_of[:-1][inside]])
     signs = np.where(features & np.uint64(0x80000000), 1.0, -1.0)
     cells = rows * dim + (features % np.uint64(dim)).astype(np.int64)
     out = np.bincount(cells, weights=signs, minlength=len(sizes) * dim).reshape(len(sizes), dim).astype(np.float32)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from iceburg_daemon.quality.vocab import encode
 
 # The hash family is data, not a random stream: signatures are stored, and NumPy does not promise that
 # default_rng's streams stay the same across versions. The values (drawn once from default_rng(20261126)) live
@@ -23,11 +22,6 @@ _BAND_MIX = np.array(_CONSTANTS["band_mix"], dtype=np.uint64)
 CONSTANTS_SHA256 = "3d6fb7414b5d8829f89eac6c79df792ffd608fb484de18f507ab02e3cdf2978e"
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
-
-
-def word_hashes(tokens: list[str]) -> np.ndarray:
-    """crc32 of each word (what the shingles are built from)."""
-    return encode([tokens]).hashes
 
 
 def shingle_hashes(wh: np.ndarray, sizes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,14 +51,14 @@ def pick_attention(requested: str, device: torch.device) -> str:
 
 def packed_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: Any, dropout: float = 0.0, scaling: float | None = None,
-                          position_ids: torch.Tensor | None = None, **_: Any) -> tuple[torch.Tensor, None]:
+                          position_ids: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Causal attention inside each document of a packed row (a document starts where its position is 0), one
     sdpa call per document: what sdpa computes under the block-diagonal mask, without the masked-out blocks,
     which sdpa on CPU computes anyway (a 2,048-token row of 5 documents: attention was 28 % of a step). A padded
     batch (DPO, evaluation) comes with a mask: plain sdpa then."""
     if attention_mask is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      position_ids=position_ids, **_)
+                                      position_ids=position_ids, **kwargs)
     if position_ids is None:
         position_ids = torch.arange(query.shape[2], device=query.device)
     position_ids = position_ids.expand(query.shape[0], -1)  # one row of positions may serve the whole batch
