@@ -80,25 +80,40 @@ def test_band_keys_mix_the_band_number_into_each_band():
 
 
 def test_band_index_finds_what_a_dict_finds_before_and_after_merging(monkeypatch):
-    monkeypatch.setattr(bands_module, "MERGE_AFTER", 40)
+    monkeypatch.setattr(bands_module, "MERGE_AFTER", 8)
     rng = random.Random(2)
     index, reference = BandIndex(), {}
-    keys = [rng.getrandbits(63) for _ in range(40)]  # few keys: many records share each
+    pools = [[rng.getrandbits(63) for _ in range(8)] for _ in range(4)]  # few keys per band: many records share each
     next_id, merged = 1, 0
-    for _ in range(40):  # batches of 1-4 records, 5 keys each; crosses MERGE_AFTER several times
-        rows = [[rng.choice(keys) for _ in range(4)] + [rng.getrandbits(63)] for _ in range(rng.randint(1, 4))]
+    for _ in range(40):  # batches of 1-4 records, 5 bands each; crosses MERGE_AFTER several times
+        rows = [[rng.choice(pool) for pool in pools] + [rng.getrandbits(63)] for _ in range(rng.randint(1, 4))]
         ids = list(range(next_id, next_id + len(rows)))
         next_id += len(rows)
-        before = len(index.keys)
+        before = sum(map(len, index.large))
         index.add(np.array(rows, dtype=np.uint64), np.array(ids))
-        merged += len(index.keys) > before
+        merged += sum(map(len, index.large)) > before
         for record_id, row in zip(ids, rows, strict=True):
             for k in row:
                 reference.setdefault(k, []).append(record_id)
-        query = [*rng.sample(keys, 5), rows[-1][-1], rng.getrandbits(63)]
+        query = np.array([[rng.choice(pool) for pool in pools] + [rows[-1][-1]],
+                          [rng.choice(pool) for pool in pools] + [rng.getrandbits(63)]], dtype=np.uint64)
         found = index.lookup(query)
-        assert {k: sorted(v) for k, v in found.items()} == {k: sorted(reference[k]) for k in query if k in reference}
+        wanted = {int(k): reference[int(k)] for k in query.ravel() if int(k) in reference}
+        assert {k: sorted(v) for k, v in found.items()} == {k: sorted(v) for k, v in wanted.items()}
+        assert all(v == sorted(v) for v in found.values())  # oldest first within each array
     assert merged >= 3 and index.max_id == next_id - 1 and len(index) == sum(map(len, reference.values()))
+    assert index.lookup(query, limit=1) and all(len(v) <= 2 for v in index.lookup(query, limit=1).values())
+
+
+def test_band_index_keeps_32_bits_of_a_key_and_its_band_apart():
+    """Keys are told apart by their top 32 bits within a band; the same key in another band is another entry."""
+    index = BandIndex()
+    a, b = 0x1234_5678 << 31, (0x1234_5678 << 31) | 0x7FFF_FFFF  # the same top 32 bits
+    c, d = 5 << 40, 9 << 40
+    index.add(np.array([[a, c], [d, a]], dtype=np.uint64), np.array([1, 2]))
+    assert index.lookup(np.array([[b, d]], dtype=np.uint64)) == {b: [1]}  # band 0 only: record 2 has a in band 1
+    assert index.lookup(np.array([[c, a]], dtype=np.uint64)) == {a: [2]}
+    assert index.nbytes() == 4 * 8
 
 
 def test_the_most_similar_candidate_wins_and_ties_go_to_the_oldest(cfg):

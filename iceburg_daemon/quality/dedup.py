@@ -18,6 +18,7 @@ from iceburg_daemon.quality.bands import BandIndex
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.heuristics import STOP_WORDS
 from iceburg_daemon.quality.minhash import band_keys, shingle_hashes, signatures
+from iceburg_daemon.quality.signature_cache import SignatureCache
 from iceburg_daemon.quality.text import normalise, words
 from iceburg_daemon.quality.vocab import Encoded
 
@@ -79,7 +80,7 @@ class DuplicateIndex:
         self._shared: dict[int, dict[int, list[int]]] = {}
         self._added: dict[int, list[tuple[np.ndarray, int]]] = {}  # (keys, record id) this batch adds
         self._batch_bands: dict[int, dict[int, list[int]]] = {}
-        self._sigs: dict[int, dict[int, tuple[int | None, np.ndarray]]] = {}
+        self._sigs = {NEAR_INDEX: SignatureCache(NEAR_PERMS), TEMPLATE_INDEX: SignatureCache(TEMPLATE_PERMS)}
         self._clusters: dict[int, list[int]] = {}  # cluster id -> [size, kept]
         self._next_cluster = 0
         self._new_exact: list[tuple[str, int]] = []
@@ -95,13 +96,17 @@ class DuplicateIndex:
         for idx, items in ((NEAR_INDEX, near), (TEMPLATE_INDEX, template)):
             keys = np.array([sketch[0] for _, sketch in items] or [[]], np.uint64)[: len(items)]
             distinct, counts = np.unique(keys, return_counts=True)
-            self._found[idx] = found = self.bands[idx].lookup(distinct, MAX_SHARERS_PER_KEY)
-            self._sigs[idx] = self.store.lsh_signatures(idx, {r for ids in found.values() for r in ids})
+            self._found[idx] = found = self.bands[idx].lookup(keys, MAX_SHARERS_PER_KEY)
+            touched = {r for ids in found.values() for r in ids}
+            cache = self._sigs[idx]
+            for record_id, (cluster_id, sig) in self.store.lsh_signatures(idx, cache.missing(touched)).items():
+                cache.put(record_id, cluster_id, sig)
+            if idx == TEMPLATE_INDEX:
+                clusters = {cache.cluster(r) for r in touched} - {None}
             shared = np.union1d(distinct[counts > 1], np.fromiter(found, np.uint64, len(found)))
             mask = np.isin(keys, shared)
             self._shared[idx] = {items[row][0]: keys[row][mask[row]].tolist() for row in np.flatnonzero(mask.any(1))}
             self._added[idx], self._batch_bands[idx] = [], {}
-        clusters = {c for c, _ in self._sigs[TEMPLATE_INDEX].values() if c is not None}
         self._clusters = self.store.clusters(clusters)
         self._next_cluster = self.store.max_cluster_id() + 1
         self._new_exact, self._new_sigs, self._dirty = [], [], set()
@@ -114,6 +119,7 @@ class DuplicateIndex:
             return
         for idx, bands in ((NEAR_INDEX, NEAR_BANDS), (TEMPLATE_INDEX, TEMPLATE_BANDS)):
             self.bands[idx] = index = BandIndex()
+            self._sigs[idx] = SignatureCache(self._sigs[idx].perms)
             for record_ids, sigs in self.store.lsh_signature_chunks(idx):
                 index.add(band_keys(sigs, bands), record_ids)
             index.compact()
@@ -137,7 +143,7 @@ class DuplicateIndex:
         """Join the answer's skeleton to a cluster (or start one); past `template_keep` members, reject."""
         best_id, best = self._best(TEMPLATE_INDEX, record_id, sketch)
         if best_id is not None and best >= self.q.template_threshold:
-            cluster_id = self._sigs[TEMPLATE_INDEX][best_id][0]
+            cluster_id = self._sigs[TEMPLATE_INDEX].cluster(best_id)
             assert cluster_id is not None
             cluster = self._clusters[cluster_id]
             keep = cluster[1] < self.q.template_keep
@@ -160,11 +166,11 @@ class DuplicateIndex:
         """A record that took a template slot was rejected by a later filter: its slot is freed, so the
         cluster's next member is kept instead (slots count accepted records only). Its skeleton stays indexed:
         later members still join the same cluster."""
-        entry = self._sigs[TEMPLATE_INDEX].get(record_id)
-        if entry is None or entry[0] is None:
+        cluster_id = self._sigs[TEMPLATE_INDEX].cluster(record_id)
+        if cluster_id is None:
             return
-        self._clusters[entry[0]][1] -= 1
-        self._dirty.add(entry[0])
+        self._clusters[cluster_id][1] -= 1
+        self._dirty.add(cluster_id)
 
     def remember(self, record_id: int, exact: str | None, near: Sketch | None) -> None:
         """An accepted record joins the duplicate indexes (later records of the batch see it at once)."""
@@ -196,14 +202,11 @@ class DuplicateIndex:
         candidates = sorted({r for k in keys for r in (*found.get(k, ()), *batch.get(k, ()))})
         if not candidates:
             return None, 0.0
-        sigs = self._sigs[idx]
-        sims = (np.stack([sigs[r][1] for r in candidates]) == sig[None, :]).mean(axis=1)
-        best = int(sims.argmax())
-        return (candidates[best], float(sims[best])) if sims[best] > 0 else (None, 0.0)
+        return self._sigs[idx].best(candidates, sig)
 
     def _add(self, idx: int, record_id: int, sketch: Sketch, cluster_id: int | None) -> None:
         keys, sig = sketch
-        self._sigs[idx][record_id] = (cluster_id, sig)
+        self._sigs[idx].put(record_id, cluster_id, sig)
         batch = self._batch_bands[idx]
         for k in self._shared[idx].get(record_id, ()):  # a key no other record has is never looked up
             batch.setdefault(k, []).append(record_id)
