@@ -11,6 +11,7 @@ import pytest
 from iceburg_daemon.ingest import ingest_paths
 from iceburg_daemon.quality.chain import FilterChain
 from iceburg_daemon.quality.heuristics import ngram_shares
+from iceburg_daemon.quality.vocab import encode
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import write_jsonl
 
@@ -210,11 +211,31 @@ def test_vectorised_ngram_shares_match_the_definition():
     for _ in range(100):
         vocab = [f"w{i}" * (i % 3 + 1) for i in range(rng.choice([5, 20, 200]))]
         texts.append([rng.choice(vocab) for _ in range(rng.randint(12, 300))])
-    batched = ngram_shares(texts)  # one call for all: n-grams must never span two texts
-    for tokens, together in zip(texts, batched, strict=True):
-        alone, slow = ngram_shares([tokens])[0], naive(tokens)
+    batched = ngram_shares(encode(texts))  # one call for all: n-grams must never span two texts
+    picked = ngram_shares(encode(texts[::-1] + texts).select(list(range(100, 200))))  # from a larger batch
+    for tokens, together, chosen in zip(texts, batched, picked, strict=True):
+        alone, slow = ngram_shares(encode([tokens]))[0], naive(tokens)
         for part in (0, 1):
-            assert together[part] == alone[part] == pytest.approx(slow[part])
+            assert together[part] == alone[part] == chosen[part] == pytest.approx(slow[part])
+
+
+def test_repetition_reuses_the_encoded_words_with_the_same_results(cfg):
+    """The features pass the words they encoded for MinHash; answers with code blocks are encoded again."""
+    from iceburg_daemon.quality.heuristics import check_repetition_batch
+    from iceburg_daemon.quality.text import words
+
+    rng = random.Random(4)
+    vocab = [f"w{i}" for i in range(40)] + ["the", "of", "and"]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 200))) for _ in range(60)]
+    texts[7] = "intro the and of " * 20 + "```\ncode code code\n```"  # prose differs from the text
+    texts[9] = "the of and " + "same words again " * 30
+    tokens = [words(t) for t in texts]
+    plain = check_repetition_batch(texts, cfg.quality)
+    assert check_repetition_batch(texts, cfg.quality, tokens, encode(tokens)) == plain
+    clean = texts[:7] + texts[8:]
+    assert check_repetition_batch(clean, cfg.quality, tokens[:7] + tokens[8:], encode(tokens[:7] + tokens[8:])) \
+        == check_repetition_batch(clean, cfg.quality)
+    assert plain[9][0] is not None and plain[9][0].reason == "repeated_ngrams"
 
 
 @pytest.mark.parametrize(("text", "kind"), [

@@ -54,7 +54,8 @@ def extract(rows: list[Row], q: Any, hash_dim: int = 0) -> list[Features]:
     if q.exact_dedup:
         for f in live:
             f.exact = exact_key(f.prompt, f.answer)
-    if q.near_dedup or q.template or hash_dim:  # the prompts' topic words too: template skeletons mask them
+    answers = None
+    if q.near_dedup or q.template or hash_dim or q.repetition:  # and the prompts' topic words: templates mask them
         answers, topics = encode(tokens + ([topic_words(f.prompt) for f in live] if q.template else [])
                                  ).split(len(live))
         if hash_dim:
@@ -67,6 +68,6 @@ def extract(rows: list[Row], q: Any, hash_dim: int = 0) -> list[Features]:
             for f, sketch in zip(live, template_sketches(answers, topics)):
                 f.template = sketch
     if q.repetition:
-        for f, result in zip(live, check_repetition_batch([f.answer for f in live], q, tokens)):
+        for f, result in zip(live, check_repetition_batch([f.answer for f in live], q, tokens, answers)):
             f.repetition = result
     return feats

@@ -13,7 +13,7 @@ import numpy as np
 
 from iceburg_daemon.quality.findings import Finding
 from iceburg_daemon.quality.text import without_code, words
-from iceburg_daemon.quality.vocab import encode
+from iceburg_daemon.quality.vocab import Encoded, encode
 
 STOP_WORDS = frozenset(
     "the be to of and a in that have with this for is are was it on as not but by from at an or "  # en
@@ -53,21 +53,21 @@ def _dup_share(items: list[str]) -> float:
     return dup / total if total else 0.0
 
 
-def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], dict[int, float]]]:
-    """Gopher's top n-gram and duplicated n-gram character shares for many texts at once.
+def ngram_shares(enc: Encoded) -> list[tuple[dict[int, float], dict[int, float]]]:
+    """Gopher's top n-gram and duplicated n-gram character shares for many texts (their encoded words) at once.
 
     All texts' word ids sit in one array. An n-gram can only repeat where its first n-1 words repeat, so each n
     looks only at those positions, and gives each n-gram there an exact id: the rank of (id of its first n-1
     words, its last word), with the text's index leading so n-grams never match across texts."""
-    enc = encode(token_lists)
+    count = len(enc.sizes)
     sizes, ids, lengths, total = enc.sizes, enc.ids, enc.lengths, len(enc.ids)
-    text = np.repeat(np.arange(len(token_lists)), sizes)
+    text = np.repeat(np.arange(count), sizes)
     left = np.repeat(np.cumsum(sizes), sizes) - np.arange(total)  # tokens from each position to its text's end
-    chars = np.bincount(text, weights=lengths, minlength=len(token_lists))
+    chars = np.bincount(text, weights=lengths, minlength=count)
     chars[chars == 0] = 1
     cum = np.concatenate(([0], np.cumsum(lengths)))
-    top = {n: np.zeros(len(token_lists)) for n in TOP_NGRAM_LIMITS}
-    dup = {n: np.zeros(len(token_lists)) for n in DUP_NGRAM_LIMITS}
+    top = {n: np.zeros(count) for n in TOP_NGRAM_LIMITS}
+    dup = {n: np.zeros(count) for n in DUP_NGRAM_LIMITS}
     base = enc.distinct + 1
     at = np.arange(total)  # positions whose (n-1)-gram occurs more than once (all, for words)
     rank = text * base + ids  # id of the (n-1)-gram at each position of `at`
@@ -86,29 +86,37 @@ def ngram_shares(token_lists: list[list[str]]) -> list[tuple[dict[int, float], d
             np.add.at(edges, later, 1)
             np.add.at(edges, later + n, -1)
             covered = np.cumsum(edges[:-1]) > 0
-            dup[n] = np.bincount(text[covered], weights=lengths[covered], minlength=len(token_lists))
+            dup[n] = np.bincount(text[covered], weights=lengths[covered], minlength=count)
         keep = (counts[inverse] > 1) & (left[at] > n)  # repeated, and an (n+1)-gram fits after it
         at, rank = at[keep], inverse[keep]
         if not len(at):
             break
     return [({n: float(top[n][i] / chars[i]) for n in top}, {n: float(dup[n][i] / chars[i]) for n in dup})
-            for i in range(len(token_lists))]
+            for i in range(count)]
 
 
-def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str] | None] | None = None
-                           ) -> list[tuple[Finding | None, dict[str, float]]]:
-    """Filter 6 for many answers; token_lists: their `words()` when already known (saves a tokenisation)."""
+def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str]] | None = None,
+                           encoded: Encoded | None = None) -> list[tuple[Finding | None, dict[str, float]]]:
+    """Filter 6 for many answers; token_lists: their `words()` when already known (saves a tokenisation), and
+    encoded: those words encoded (saves encoding them again)."""
     results: list[tuple[Finding | None, dict[str, float]]] = []
     pending: list[tuple[int, str, list[str]]] = []  # (result index, prose, tokens) still to judge by words
+    reused = True  # every long text's words are those of token_lists
     for i, text in enumerate(texts):
         prose = without_code(text) if "```" in text else text
         finding, scores = _by_lines(prose, q)
         results.append((finding, scores))
         if finding is None:
-            known = token_lists[i] if token_lists and prose is text else None
-            pending.append((i, prose, known if known is not None else words(prose)))
-    long = [tokens for _, _, tokens in pending if len(tokens) >= 50]
-    shares = iter(ngram_shares(long) if long else [])
+            known = token_lists is not None and prose is text
+            tokens = token_lists[i] if token_lists is not None and known else words(prose)
+            reused &= known or len(tokens) < 50
+            pending.append((i, prose, tokens))
+    long = [(i, tokens) for i, _, tokens in pending if len(tokens) >= 50]
+    if encoded is not None and reused:
+        enc = encoded.select([i for i, _ in long])
+    else:
+        enc = encode([tokens for _, tokens in long])
+    shares = iter(ngram_shares(enc) if long else [])
     for i, prose, tokens in pending:
         results[i] = _by_words(prose, tokens, next(shares) if len(tokens) >= 50 else None, results[i][1])
     return [(finding, {k: round(v, 4) for k, v in scores.items()}) for finding, scores in results]  # as stored
