@@ -9,7 +9,7 @@ from pathlib import Path
 from iceburg_daemon.config import load_config
 from iceburg_daemon.ingest import ingest_paths
 from iceburg_daemon.quality.chain import FilterChain
-from iceburg_daemon.quality.features import extract
+from iceburg_daemon.quality.features import extract, extract_packed, unpack
 from iceburg_daemon.quality.workers import FeatureWorkers
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import chat_record, mixed_corpus, write_config, write_jsonl
@@ -29,7 +29,36 @@ def _rows(cfg, tmp_path, n):
 def _plain(feats):
     """Features as comparable values (numpy arrays as lists)."""
     return [(f.record_id, f.structure, f.exact, f.near and (f.near[0].tolist(), f.near[1].tolist()),
-             f.template and (f.template[0].tolist(), f.template[1].tolist()), f.repetition) for f in feats]
+             f.template and (f.template[0].tolist(), f.template[1].tolist()), f.repetition,
+             None if f.vector is None else f.vector.tolist(), f.record, f.answer) for f in feats]
+
+
+def test_features_come_back_from_a_worker_as_one_matrix_per_kind_and_unpack_to_the_same(cfg, tmp_path):
+    import json
+    import pickle
+
+    q, rows = cfg.quality, _rows(cfg, tmp_path, 12)
+    broken = json.loads(rows[3][2])
+    broken["messages"][-1]["content"] = ""  # fails the structure filter: no arrays computed for it
+    rows[3] = (rows[3][0], rows[3][1], json.dumps(broken))
+    feats, arrays = extract_packed(rows, q, 384)
+    assert all(f.near is None and f.template is None and f.vector is None for f in feats)
+    assert {name: (have, [m.shape for m in matrices]) for name, (have, *matrices) in arrays.items()} == {
+        "near": ([0, 1, 2, *range(4, 12)], [(11, 16), (11, 64)]),
+        "template": ([0, 1, 2, *range(4, 12)], [(11, 16), (11, 32)]),
+        "vector": ([0, 1, 2, *range(4, 12)], [(11, 384)])}
+    unpacked = unpack(pickle.loads(pickle.dumps((feats, arrays))))
+    assert unpacked[3].structure is not None
+    assert _plain(unpacked) == _plain(extract(rows, q, 384))
+
+
+def test_a_worker_computes_the_hash_vectors_the_main_process_computes(cfg, tmp_path):
+    q, rows = cfg.quality, _rows(cfg, tmp_path, 20)
+    workers = FeatureWorkers(1, 384)
+    try:
+        assert _plain(workers.submit(rows, q)()) == _plain(extract(rows, q, 384))
+    finally:
+        workers.close()
 
 
 def test_a_worker_computes_what_the_main_process_computes(cfg, tmp_path):

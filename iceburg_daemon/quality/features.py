@@ -71,3 +71,32 @@ def extract(rows: list[Row], q: Any, hash_dim: int = 0) -> list[Features]:
         for f, result in zip(live, check_repetition_batch([f.answer for f in live], q, tokens, answers)):
             f.repetition = result
     return feats
+
+
+Packed = tuple[list[Features], dict[str, tuple[Any, ...]]]
+_ARRAYS = ("near", "template", "vector")  # per record: a (keys, signature) sketch, a sketch, a vector
+
+
+def extract_packed(rows: list[Row], q: Any, hash_dim: int = 0) -> Packed:
+    """`extract` for the trip back from a worker process: every record's arrays moved into one matrix per kind
+    (pickling 5 small arrays per record cost the main process ~35 us per record to unpickle; this, under 1)."""
+    feats = extract(rows, q, hash_dim)
+    arrays: dict[str, tuple[Any, ...]] = {}
+    for name in _ARRAYS:
+        have = [i for i, f in enumerate(feats) if getattr(f, name) is not None]
+        if have:
+            values = [getattr(feats[i], name) for i in have]
+            parts = [values] if name == "vector" else [[v[0] for v in values], [v[1] for v in values]]
+            arrays[name] = (have, *(np.stack(part) for part in parts))
+            for i in have:
+                setattr(feats[i], name, None)
+    return feats, arrays
+
+
+def unpack(packed: Packed) -> list[Features]:
+    """The features `extract` returned, from what `extract_packed` sent (each record's arrays are rows)."""
+    feats, arrays = packed
+    for name, (have, *matrices) in arrays.items():
+        for row, i in enumerate(have):
+            setattr(feats[i], name, matrices[0][row] if name == "vector" else (matrices[0][row], matrices[1][row]))
+    return feats

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from iceburg_daemon.logs import get_logger
-from iceburg_daemon.quality.features import Features, Row, extract
+from iceburg_daemon.quality.features import Features, Packed, Row, extract, extract_packed, unpack
 
 log = get_logger("iceburgd.filter")
 
@@ -62,7 +62,7 @@ class FeatureWorkers:
                                                      initializer=_exit_with_parent)
                 sent = max(1, round(len(rows) * self.share))
                 size = -(-sent // self.count)
-                futures = [self._pool.submit(extract, rows[i : min(i + size, sent)], q, self.hash_dim)
+                futures = [self._pool.submit(extract_packed, rows[i : min(i + size, sent)], q, self.hash_dim)
                            for i in range(0, sent, size)]
                 return lambda: self._collect(futures, rows, sent, q)
             except Exception as exc:  # noqa: BLE001 - no worker could start: compute here
@@ -70,7 +70,7 @@ class FeatureWorkers:
         feats = extract(rows, q, self.hash_dim)
         return lambda: feats
 
-    def _collect(self, futures: list[Future[list[Features]]], rows: list[Row], sent: int, q: Any) -> list[Features]:
+    def _collect(self, futures: list[Future[Packed]], rows: list[Row], sent: int, q: Any) -> list[Features]:
         started = time.perf_counter()
         own = extract(rows[sent:], q, self.hash_dim)
         if len(rows) > sent:
@@ -78,7 +78,7 @@ class FeatureWorkers:
             self._row_seconds = seconds if self._row_seconds is None else 0.7 * self._row_seconds + 0.3 * seconds
         started = time.perf_counter()
         try:
-            done = [f for future in futures for f in future.result()]
+            done = [f for future in futures for f in unpack(future.result())]
         except Exception as exc:  # noqa: BLE001 - e.g. a killed worker: compute here, start afresh next time
             self._failed(exc)
             return extract(rows[:sent], q, self.hash_dim) + own
