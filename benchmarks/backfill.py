@@ -82,7 +82,7 @@ def main() -> None:
                 peak = max(peak, rss)
                 t = time.monotonic() - start
                 rates = ((now[0] - last[0]) / args.every, (now[1] - last[1]) / args.every)
-                curve.append((t, now[0], now[1], *rates, rss))
+                curve.append((t, now[0], now[1], now[2], *rates, rss))  # t, stored, judged, records, rates, rss
                 print(f"{t:7.0f} {now[0]:10,} {now[1]:10,} {rates[0]:9,.0f} {rates[1]:9,.0f} {rss:7.0f}", flush=True)
                 last = now
                 if now[0] >= args.n and now[1] >= now[2] and judged_at is None:  # every stored record judged
@@ -95,13 +95,15 @@ def main() -> None:
             daemon.wait(300)
         db_bytes = sum(p.stat().st_size for p in cfg.data_dir.glob("iceburgd.sqlite3*"))
         index_bytes = sum(p.stat().st_size for p in cfg.index_dir.rglob("*") if p.is_file())
-    judged = [c for c in curve if c[4] > 0]
-    third = max(len(judged) // 3, 1)
-    first, final = judged[:third], judged[-third:]
-    mean = (lambda rows: sum(r[4] for r in rows) / max(len(rows), 1))
+    # Judging rates from whole intervals only: ingest done before the interval began, judging not done by its
+    # end (an interval that was still ingesting, or that ran out of records, would bend the ratio either way).
+    steady = [c for prev, c in zip(curve, curve[1:]) if prev[1] >= args.n and c[2] < c[3]]
+    third = max(len(steady) // 3, 1)
+    first, final = steady[:third], steady[-third:]
+    mean = (lambda rows: sum(r[5] for r in rows) / max(len(rows), 1))
     print(f"\nall judged in {took:.0f} s: {args.n / took:,.0f} records/s ingest + filter, end to end")
-    print(f"judging rate, first third of the run {mean(first):,.0f}/s, last third {mean(final):,.0f}/s"
-          f" (ratio {mean(final) / max(mean(first), 1e-9):.2f})")
+    print(f"judging rate over the {len(steady)} whole intervals after ingest: first third {mean(first):,.0f}/s,"
+          f" last third {mean(final):,.0f}/s (ratio {mean(final) / max(mean(first), 1e-9):.2f})")
     print(f"peak RSS, daemon and children: {peak:.0f} MB (target < 1,024 MB)"
           + (f", including {args.after:.0f} s after the last verdict" if args.after else ""))
     print(f"store on disk: {db_bytes / 1e9:.2f} GB = {db_bytes / args.n:,.0f} B/record")
