@@ -61,14 +61,15 @@ class BandIndex:
             return found
         for band, column in enumerate(np.asarray(keys, dtype=np.uint64).T):
             query = np.unique(column)
-            low = _top32(query) << _SHIFT
+            top = _top32(query)
+            low = top << _SHIFT
             for packed in (self.large[band], self.recent[band]):
+                if not len(packed):
+                    continue
                 # One binary search per key (each a chain of cache misses in a large array); the end of the run
                 # of equal keys is searched only for the few keys that are present.
                 left = np.searchsorted(packed, low, side="left")
-                if not len(packed):
-                    continue
-                hits = np.flatnonzero(packed[np.minimum(left, len(packed) - 1)] >> _SHIFT == low >> _SHIFT)
+                hits = np.flatnonzero(packed[np.minimum(left, len(packed) - 1)] >> _SHIFT == top)
                 right = np.searchsorted(packed, low[hits] | _LOW32, side="right")
                 for i, end in zip(hits.tolist(), right.tolist()):
                     stop = end if limit is None else min(end, int(left[i]) + limit)

@@ -107,16 +107,16 @@ def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str]
         finding, scores = _by_lines(prose, q)
         results.append((finding, scores))
         if finding is None:
-            known = token_lists is not None and prose is text
-            tokens = token_lists[i] if token_lists is not None and known else words(prose)
-            reused &= known or len(tokens) < 50
+            known = token_lists[i] if token_lists is not None and prose is text else None
+            tokens = known if known is not None else words(prose)
+            reused &= known is not None or len(tokens) < 50
             pending.append((i, prose, tokens))
     long = [(i, tokens) for i, _, tokens in pending if len(tokens) >= 50]
-    if encoded is not None and reused:
-        enc = encoded.select([i for i, _ in long])
-    else:
-        enc = encode([tokens for _, tokens in long])
-    shares = iter(ngram_shares(enc) if long else [])
+    shares = iter([])
+    if long:
+        enc = encoded.select([i for i, _ in long]) if encoded is not None and reused else \
+            encode([tokens for _, tokens in long])
+        shares = iter(ngram_shares(enc))
     for i, prose, tokens in pending:
         results[i] = _by_words(prose, tokens, next(shares) if len(tokens) >= 50 else None, results[i][1])
     return [(finding, {k: round(v, 4) for k, v in scores.items()}) for finding, scores in results]  # as stored
