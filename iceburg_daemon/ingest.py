@@ -19,7 +19,7 @@ from iceburg_daemon.errors import IngestError
 from iceburg_daemon.formats import Reject, canonical_json, encode_record, parse_object
 from iceburg_daemon.fsutil import is_disk_full
 from iceburg_daemon.quality.secrets import may_hold_secrets, redact_value
-from iceburg_daemon.readers import deeper_than, iter_items
+from iceburg_daemon.readers import iter_items
 from iceburg_daemon.store import BatchCounts, FileState, NewRecord, Rejection, Store
 
 EXCERPT_CHARS = 200
@@ -108,7 +108,7 @@ def ingest_file(
     `path` reads the file where it lies now (an archived file that grew); `whole_lines` leaves an unterminated
     last line for later (its writer still holds the file open). `kind` and `fd`: see readers.iter_items."""
     result = FileResult(name=row["name"], file_id=row["id"])
-    path, prefix = path or Path(row["path"]), rejects_prefix(row)
+    path, prefix, name = path or Path(row["path"]), rejects_prefix(row), row["name"]
     records: list[NewRecord] = []
     rejections: list[Rejection] = []
     offset, line_no = row["byte_offset"], row["line_no"]
@@ -126,16 +126,14 @@ def ingest_file(
 
     try:
         items = iter_items(path, start_offset=offset, start_line=line_no, max_bytes=max_record_bytes,
-                           progress=progress, whole_lines=whole_lines, kind=kind, fd=fd)
+                           progress=progress, whole_lines=whole_lines, kind=kind, fd=fd, max_depth=max_depth)
         for item_line, item_offset, value in items:
-            if not isinstance(value, Reject) and deeper_than(value, max_depth):
-                value = Reject("too_deep", f"nested deeper than {max_depth} levels ([inbox] max_depth)")
             parsed = value if isinstance(value, Reject) else parse_object(value)
             if isinstance(parsed, Reject):
                 rejections.append(Rejection(source=source, source_ref=f"{prefix}{item_line}", reason=parsed.reason,
                                             detail=parsed.detail, excerpt=_excerpt(value), line_no=item_line))
             else:
-                records.append(to_new_record(parsed, source=source, source_ref=f"{row['name']}:{item_line}"))
+                records.append(to_new_record(parsed, source=source, source_ref=f"{name}:{item_line}"))
             line_no, offset = item_line, item_offset  # resume after this line: it is in the batch
             if len(records) + len(rejections) >= batch_size:
                 flush()

@@ -117,6 +117,33 @@ def test_nesting_at_several_depths(tmp_path, depth, outcome):
     assert got == outcome, report
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+@pytest.mark.parametrize("depth,brackets_in_text,outcome", [(64, 0, "stored"), (65, 0, "too_deep"),
+                                                            (3, 200, "stored"), (65, 200, "too_deep")])
+def test_depth_is_judged_on_the_value_whatever_brackets_its_strings_hold(tmp_path, suffix, depth, brackets_in_text,
+                                                                       outcome):
+    """The reader walks a value only when its text has more opening brackets than max_depth: brackets inside
+    strings make it walk, and must not make a shallow record too_deep; both file kinds check depth."""
+    from iceburg_daemon.ingest import ingest_paths
+
+    cfg = load_config(write_config(tmp_path / "home"), env={})
+    record = fact_record("reef", "scarlet")
+    record["metadata"] = {"agent_type": "surveyor", "note": "[{" * (brackets_in_text // 2), "x": _nested(depth - 2)}
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(json.dumps(record) if suffix == ".jsonl" else json.dumps([record, fact_record("kelp", "blue")]))
+    store = Store.open(cfg.db_path)
+    try:
+        report = ingest_paths(cfg, store, [Path(path)])[0]
+    finally:
+        store.close()
+    assert report["outcome"] == "ingested", report
+    stored = sum(report["stored"].values())
+    if outcome == "stored":
+        assert stored == (1 if suffix == ".jsonl" else 2) and not report["quarantined"], report
+    else:
+        assert report["quarantined"] == {"too_deep": 1} and stored == (0 if suffix == ".jsonl" else 1), report
+
+
 def test_a_chroma_sync_that_raises_unexpectedly_backs_off_like_an_unhealthy_store(cfg, fixtures):
     """Before: a reader answer nothing foresaw (items without ids) raised KeyError out of sync_store; the daemon
     logged it and took a fresh snapshot of the store on every pass."""

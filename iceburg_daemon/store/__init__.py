@@ -9,7 +9,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from iceburg_daemon.errors import StoreError
 from iceburg_daemon.fsutil import fsync_path
@@ -34,8 +34,7 @@ class SourceHealth(str, enum.Enum):
     UNHEALTHY = "unhealthy"
 
 
-@dataclass(frozen=True)
-class NewRecord:
+class NewRecord(NamedTuple):  # a tuple: built once per ingested line, where a frozen dataclass cost ~2 us
     content_hash: str
     role: str
     kind: str
