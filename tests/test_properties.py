@@ -129,3 +129,14 @@ def test_the_filter_chain_gives_every_record_one_verdict(tmp_path_factory, recor
     assert all(r["n"] == 1 for r in rows)
     assert not [r for r in rows if r["reason"] == "filter_error"]  # no filter raised on any record
     assert encode_record  # the canonical encoding above is the one the store keys on
+
+
+@FAST
+@given(st.text(), st.text(alphabet=st.characters(max_codepoint=127)) | st.text())
+def test_the_exact_key_from_known_words_equals_the_one_from_the_text(prompt, answer):
+    """The features pass the answer's words to exact_key (ASCII: their join is the normalised answer), so an
+    exact duplicate gets the same key whichever way it is computed."""
+    from iceburg_daemon.quality.dedup import exact_key
+    from iceburg_daemon.quality.text import words
+
+    assert exact_key(prompt, answer, words(answer)) == exact_key(prompt, answer)

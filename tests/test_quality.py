@@ -219,6 +219,20 @@ def test_vectorised_ngram_shares_match_the_definition():
             assert together[part] == alone[part] == chosen[part] == pytest.approx(slow[part])
 
 
+@pytest.mark.parametrize("high", [2, 300, 10**6, 2**40, 2**62])  # the last two overflow the packing: np.unique
+def test_grouping_ngram_keys_matches_numpy_unique(high):
+    import numpy as np
+
+    from iceburg_daemon.quality.heuristics import _group
+
+    rng = np.random.default_rng(high % 1000)
+    for size in (1, 2, 17, 5000):
+        keys = rng.integers(0, high, size, dtype=np.int64)
+        _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        got = _group(keys)
+        assert [a.tolist() for a in got] == [first.tolist(), inverse.tolist(), counts.tolist()]
+
+
 def test_repetition_reuses_the_encoded_words_with_the_same_results(cfg):
     """The features pass the words they encoded for MinHash; answers with code blocks are encoded again."""
     from iceburg_daemon.quality.heuristics import check_repetition_batch

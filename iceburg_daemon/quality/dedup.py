@@ -34,8 +34,10 @@ Sketch = tuple[np.ndarray, np.ndarray]  # LSH band keys and MinHash signature
 _TOPIC_HASH, _NUMBER_HASH = np.uint64(zlib.crc32("§".encode())), np.uint64(zlib.crc32(b"#"))
 
 
-def exact_key(prompt: str, answer: str) -> str:
-    return hashlib.sha256(f"{normalise(prompt)}\x00{normalise(answer)}".encode("utf-8")).hexdigest()
+def exact_key(prompt: str, answer: str, answer_words: list[str] | None = None) -> str:
+    """answer_words: the answer's `words()`, when known; for ASCII text their join is its normalised form."""
+    folded = " ".join(answer_words) if answer_words is not None and answer.isascii() else normalise(answer)
+    return hashlib.sha256(f"{normalise(prompt)}\x00{folded}".encode("utf-8")).hexdigest()
 
 
 def topic_words(prompt: str) -> list[str]:

@@ -52,8 +52,8 @@ def extract(rows: list[Row], q: Any, hash_dim: int = 0) -> list[Features]:
     live = [f for f in feats if f.structure is None]
     tokens = [words(f.answer) for f in live]  # shared by the near, template and repetition filters
     if q.exact_dedup:
-        for f in live:
-            f.exact = exact_key(f.prompt, f.answer)
+        for f, answer_words in zip(live, tokens):
+            f.exact = exact_key(f.prompt, f.answer, answer_words)
     answers = None
     if q.near_dedup or q.template or hash_dim or q.repetition:  # and the prompts' topic words: templates mask them
         answers, topics = encode(tokens + ([topic_words(f.prompt) for f in live] if q.template else [])

@@ -53,6 +53,25 @@ def _dup_share(items: list[str]) -> float:
     return dup / total if total else 0.0
 
 
+def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(keys)'s return_index, return_inverse and return_counts, for non-negative int64 keys. Each key is
+    packed with its position into one int64 and sorted by value (SIMD-sorted, and the position breaks ties, so
+    no stable argsort is needed): 2-4x faster than np.unique on a batch's 150k n-grams. Keys too large to pack
+    go to np.unique."""
+    n = len(keys)
+    bits = max(int(n).bit_length(), 1)
+    if not n or int(keys.max()) >= 1 << (63 - bits) or int(keys.min()) < 0:
+        _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        return first, inverse, counts
+    packed = np.sort((keys.astype(np.int64) << bits) | np.arange(n, dtype=np.int64))
+    order, ordered = packed & ((1 << bits) - 1), packed >> bits
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(starts, n))
+    inverse = np.empty(n, dtype=np.intp)
+    inverse[order] = np.repeat(np.arange(len(starts)), counts)
+    return order[starts], inverse, counts
+
+
 def ngram_shares(enc: Encoded) -> list[tuple[dict[int, float], dict[int, float]]]:
     """Gopher's top n-gram and duplicated n-gram character shares for many texts (their encoded words) at once.
 
@@ -73,7 +92,7 @@ def ngram_shares(enc: Encoded) -> list[tuple[dict[int, float], dict[int, float]]
     rank = text * base + ids  # id of the (n-1)-gram at each position of `at`
     for n in range(1, max(DUP_NGRAM_LIMITS) + 1):
         keys = rank if n == 1 else rank * base + ids[at + n - 1]
-        _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        first, inverse, counts = _group(keys)
         if n in TOP_NGRAM_LIMITS:
             rep = np.flatnonzero(counts > 1)
             start = at[first[rep]]  # every occurrence of an n-gram has the same characters
@@ -91,8 +110,9 @@ def ngram_shares(enc: Encoded) -> list[tuple[dict[int, float], dict[int, float]]
         at, rank = at[keep], inverse[keep]
         if not len(at):
             break
-    return [({n: float(top[n][i] / chars[i]) for n in top}, {n: float(dup[n][i] / chars[i]) for n in dup})
-            for i in range(count)]
+    tops = (np.stack(list(top.values())) / chars).T.tolist()  # one division for all: ~15 us a text otherwise
+    dups = (np.stack(list(dup.values())) / chars).T.tolist()
+    return [(dict(zip(top, t)), dict(zip(dup, d))) for t, d in zip(tops, dups)]
 
 
 def check_repetition_batch(texts: list[str], q: Any, token_lists: list[list[str]] | None = None,
