@@ -1,6 +1,7 @@
 """Features computed in a worker process while the previous batch is judged: same verdicts as computing them
 in place, a dead worker costs nothing but time, and no worker outlives the backlog."""
 
+import json
 import os
 import signal
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 from iceburg_daemon.config import load_config
 from iceburg_daemon.ingest import ingest_paths
 from iceburg_daemon.quality.chain import FilterChain
-from iceburg_daemon.quality.features import extract, extract_packed, unpack
+from iceburg_daemon.quality.features import RECORD_KEYS_JUDGED, extract, extract_packed, unpack
 from iceburg_daemon.quality.workers import FeatureWorkers
 from iceburg_daemon.store import Store
 from iceburg_daemon.testing import chat_record, mixed_corpus, write_config, write_jsonl
@@ -30,7 +31,8 @@ def _plain(feats):
     """Features as comparable values (numpy arrays as lists)."""
     return [(f.record_id, f.structure, f.exact, f.near and (f.near[0].tolist(), f.near[1].tolist()),
              f.template and (f.template[0].tolist(), f.template[1].tolist()), f.repetition,
-             None if f.vector is None else f.vector.tolist(), f.record, f.answer) for f in feats]
+             None if f.vector is None else f.vector.tolist(), f.answer, f.prompt,
+             {k: f.record[k] for k in RECORD_KEYS_JUDGED if k in f.record}) for f in feats]
 
 
 def test_features_come_back_from_a_worker_as_one_matrix_per_kind_and_unpack_to_the_same(cfg, tmp_path):
@@ -43,6 +45,7 @@ def test_features_come_back_from_a_worker_as_one_matrix_per_kind_and_unpack_to_t
     rows[3] = (rows[3][0], rows[3][1], json.dumps(broken))
     feats, arrays = extract_packed(rows, q, 384)
     assert all(f.near is None and f.template is None and f.vector is None for f in feats)
+    assert {tuple(f.record) for f in feats} == {("role", "signals")}  # of the record, what the main process reads
     assert {name: (have, [m.shape for m in matrices]) for name, (have, *matrices) in arrays.items()} == {
         "near": ([0, 1, 2, *range(4, 12)], [(11, 16), (11, 64)]),
         "template": ([0, 1, 2, *range(4, 12)], [(11, 16), (11, 32)]),
@@ -110,7 +113,11 @@ def _judge_all(tmp_path, workers, limit=None):
     cfg = load_config(write_config(tmp_path / f"home{workers}", f"[quality]\nbatch_size = 40\nworkers = {workers}\n"),
                       env={})
     store = Store.open(cfg.db_path)
-    ingest_paths(cfg, store, [write_jsonl(tmp_path / f"c{workers}.jsonl", mixed_corpus(21))])
+    # and what the main process reads of a record itself: a known quality score, a redacted secret
+    extra = [chat_record(500, seed=21), chat_record(501, seed=21)]
+    extra[0]["metadata"]["quality_score"] = 0.1
+    extra[1]["messages"][-1]["content"] += " Write to jane.doe@example.org for the data."
+    ingest_paths(cfg, store, [write_jsonl(tmp_path / f"c{workers}.jsonl", mixed_corpus(21) + extra)])
     chain = FilterChain(cfg, store, clock=lambda: 0.0)
     passes = 0
     while sum(chain.run(limit=limit).values()):  # as the daemon calls it: a limited number per pass
@@ -126,7 +133,9 @@ def _judge_all(tmp_path, workers, limit=None):
 def test_verdicts_are_the_same_with_a_worker_and_passes_of_any_size(tmp_path):
     inline, _, _ = _judge_all(tmp_path / "a", 0)
     ahead, passes, left = _judge_all(tmp_path / "b", 1, limit=100)  # 100: two and a half batches per pass
-    assert ahead == inline and len(inline) == 220
+    assert ahead == inline and len(inline) == 222
+    assert {r[3] for r in inline} >= {"low_quality_score"} and sum(json.loads(r[8]).get("redactions", 0) != 0
+                                                                    for r in inline) == 1
     assert passes == 3 and left is None
 
 

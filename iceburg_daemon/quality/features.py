@@ -75,12 +75,18 @@ def extract(rows: list[Row], q: Any, hash_dim: int = 0) -> list[Features]:
 
 Packed = tuple[list[Features], dict[str, tuple[Any, ...]]]
 _ARRAYS = ("near", "template", "vector")  # per record: a (keys, signature) sketch, a sketch, a vector
+# What the main process reads of a record itself (filter 2's signals, filter 7's redactions, the verdict row);
+# the rest (the messages: the prompt and answer come separately) stays in the worker: half the bytes to unpickle.
+RECORD_KEYS_JUDGED = ("role", "signals", "redactions")
 
 
 def extract_packed(rows: list[Row], q: Any, hash_dim: int = 0) -> Packed:
     """`extract` for the trip back from a worker process: every record's arrays moved into one matrix per kind
-    (pickling 5 small arrays per record cost the main process ~35 us per record to unpickle; this, under 1)."""
+    (pickling 5 small arrays per record cost the main process ~35 us per record to unpickle; this, under 1), and
+    of the record only RECORD_KEYS_JUDGED (27.6 -> 14.2 us per record to unpickle, measured on 500)."""
     feats = extract(rows, q, hash_dim)
+    for f in feats:
+        f.record = {k: f.record[k] for k in RECORD_KEYS_JUDGED if k in f.record}
     arrays: dict[str, tuple[Any, ...]] = {}
     for name in _ARRAYS:
         have = [i for i, f in enumerate(feats) if getattr(f, name) is not None]
