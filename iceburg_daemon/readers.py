@@ -50,10 +50,13 @@ def deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def too_deep(brackets: int, value: Any, limit: int) -> bool:
-    """Whether `value`, whose text holds `brackets` opening brackets, nests more than `limit` levels. It can nest
-    no deeper than that count, so the walk (half the cost of decoding) runs only for the rare text with more."""
-    return brackets > limit and deeper_than(value, limit)
+def within_depth(value: Any, brackets: int, limit: int) -> Any:
+    """`value`, or Reject(too_deep) when it nests more than `limit` levels. Its text holds `brackets` opening
+    brackets and it can nest no deeper than that, so the walk (half the cost of decoding) runs only for the rare
+    text with more."""
+    if brackets > limit and deeper_than(value, limit):
+        return Reject("too_deep", f"nested deeper than {limit} levels ([inbox] max_depth)")
+    return value
 
 
 def decode_line(raw: bytes, max_depth: int = 64) -> Any:
@@ -68,11 +71,7 @@ def decode_line(raw: bytes, max_depth: int = 64) -> Any:
         return Reject("too_deep", "nested deeper than the JSON decoder takes")
     except ValueError as exc:
         return Reject("invalid_json", str(exc)[:200])
-    return _too_deep_reject(max_depth) if too_deep(raw.count(b"{") + raw.count(b"["), value, max_depth) else value
-
-
-def _too_deep_reject(limit: int) -> Reject:
-    return Reject("too_deep", f"nested deeper than {limit} levels ([inbox] max_depth)")
+    return within_depth(value, raw.count(b"{") + raw.count(b"["), max_depth)
 
 
 def _open_binary(path: Path, kind: str, fd: int | None = None) -> tuple[IO[bytes], IO[bytes]]:
@@ -212,7 +211,7 @@ def _iter_json_array(stream: IO[bytes], raw: IO[bytes], skip: int, max_bytes: in
                 yield item, item, Reject("too_large", f"item longer than {max_bytes} characters")
             else:
                 brackets = buf.count("{", end - size, end) + buf.count("[", end - size, end)
-                yield item, item, _too_deep_reject(max_depth) if too_deep(brackets, value, max_depth) else value
+                yield item, item, within_depth(value, brackets, max_depth)
         if progress and item % 256 == 0:
             progress(raw.tell())
         if not top_level_array:

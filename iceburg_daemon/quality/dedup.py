@@ -29,7 +29,7 @@ NEAR_PERMS, NEAR_BANDS, NEAR_SHINGLE = 64, 16, 5  # 16 bands x 4 rows: candidate
 # (a template cluster's kept member is its oldest; a real duplicate shares several bands, not one hot key).
 MAX_SHARERS_PER_KEY = 256
 # A template key is shared by every member of its cluster: the oldest 64 hold the kept members and are as similar
-# to a new member as the next ones (measured at 150k records: the same verdicts as 256, template lookups 58 -> 40 us).
+# to a new member as the next ones (150k records: the same verdicts as 256, template lookups 58 -> 40 us).
 MAX_SHARERS_PER_TEMPLATE_KEY = 64
 TEMPLATE_PERMS, TEMPLATE_BANDS, TEMPLATE_SHINGLE = 32, 16, 4  # 16 x 2: candidates from ~0.25
 
@@ -98,10 +98,10 @@ class DuplicateIndex:
         (`near`, `template`: (record id, sketch) of the batch's records, in order)."""
         self._ensure_bands(generation)
         self._exact = self.store.exact_owners(set(exact_keys))
-        for idx, items in ((NEAR_INDEX, near), (TEMPLATE_INDEX, template)):
+        for idx, items, cap in ((NEAR_INDEX, near, MAX_SHARERS_PER_KEY),
+                                (TEMPLATE_INDEX, template, MAX_SHARERS_PER_TEMPLATE_KEY)):
             keys = np.array([sketch[0] for _, sketch in items] or [[]], np.uint64)[: len(items)]
             distinct, counts = np.unique(keys, return_counts=True)
-            cap = MAX_SHARERS_PER_TEMPLATE_KEY if idx == TEMPLATE_INDEX else MAX_SHARERS_PER_KEY
             self._found[idx] = found = self.bands[idx].lookup(keys, cap)
             touched = {r for ids in found.values() for r in ids}
             cache = self._sigs[idx]
